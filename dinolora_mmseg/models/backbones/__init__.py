@@ -1,0 +1,3 @@
+from .dinov2 import DINOv2
+
+__all__ = ['DINOv2']

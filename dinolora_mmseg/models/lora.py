@@ -1,0 +1,161 @@
+"""Low-rank adapters (LoRA) for linear layers, with merge and unmerge.
+
+``y = W x + b + (alpha / rank) * B(A(dropout(x)))``, where ``A`` is Kaiming-uniform
+initialised and ``B`` is zero, so a freshly adapted model computes exactly what the
+pretrained one does. An adapter may write to a slice of the output rows only, which is
+how the query, key and value thirds of a fused ``qkv`` projection are adapted apart.
+"""
+import math
+from typing import Dict, Iterator, Mapping, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+RowRange = Tuple[int, int]
+
+
+class LoRALinear(nn.Linear):
+    """``nn.Linear`` with low-rank adapters on chosen ranges of output rows.
+
+    The frozen ``weight`` and ``bias`` keep their names, so a state dict of the
+    adapted model holds the original keys plus ``lora_A.<part>`` and ``lora_B.<part>``.
+
+    Args:
+        in_features (int): Input width.
+        out_features (int): Output width.
+        parts (Mapping[str, tuple[int, int]]): Adapter name -> ``(start, end)`` of
+            the output rows it adds to.
+        rank (int): Rank ``r`` of each adapter.
+        alpha (float): Scale numerator; the update is multiplied by ``alpha / rank``.
+        dropout (float): Dropout probability on the adapter's input.
+        bias (bool): Whether the layer has a bias.
+        device (torch.device, optional): Where the frozen weight is allocated.
+    """
+
+    def __init__(self,
+                 in_features: int,
+                 out_features: int,
+                 parts: Mapping[str, RowRange],
+                 rank: int = 4,
+                 alpha: float = 4.0,
+                 dropout: float = 0.0,
+                 bias: bool = True,
+                 device=None):
+        super().__init__(in_features, out_features, bias=bias, device=device)
+        if not isinstance(rank, int) or rank <= 0:
+            raise ValueError(f'LoRA rank must be a positive integer, got {rank!r}')
+        if alpha <= 0:
+            raise ValueError(f'LoRA alpha must be positive, got {alpha!r}')
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f'LoRA dropout must be in [0, 1), got {dropout!r}')
+        for name, (start, end) in parts.items():
+            if not 0 <= start < end <= out_features:
+                raise ValueError(f'LoRA part {name!r} rows ({start}, {end}) do not fit '
+                                 f'the {out_features} outputs')
+        self.parts: Dict[str, RowRange] = dict(parts)
+        self.rank = rank
+        self.scaling = alpha / rank
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_A = nn.ParameterDict()
+        self.lora_B = nn.ParameterDict()
+        factory = dict(dtype=self.weight.dtype)
+        for name, (start, end) in self.parts.items():
+            a = torch.empty(rank, in_features, **factory)
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+            self.lora_A[name] = nn.Parameter(a)
+            self.lora_B[name] = nn.Parameter(torch.zeros(end - start, rank, **factory))
+        self.merged = False
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, parts: Mapping[str, RowRange],
+                    **lora_kwargs) -> 'LoRALinear':
+        """Wrap an existing layer, sharing its weight and bias parameters."""
+        layer = cls(linear.in_features, linear.out_features, parts,
+                    bias=linear.bias is not None, device='meta', **lora_kwargs)
+        layer.weight = linear.weight
+        layer.bias = linear.bias
+        layer.lora_A.to(linear.weight.device)
+        layer.lora_B.to(linear.weight.device)
+        return layer
+
+    def lora_factors(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """All adapters as one pair: ``A`` (parts * r, in) and ``B`` (out, parts * r).
+
+        ``B`` holds each part's factor in that part's output rows and zeros elsewhere,
+        so ``B @ A`` is the whole update of ``weight`` (before scaling).
+        """
+        r, num_parts = self.rank, len(self.parts)
+        a = torch.cat([self.lora_A[name] for name in self.parts])
+        b = sum(F.pad(self.lora_B[name], (i * r, (num_parts - 1 - i) * r, start,
+                                          self.out_features - end))
+                for i, (name, (start, end)) in enumerate(self.parts.items()))
+        return a, b
+
+    def delta_weight(self) -> torch.Tensor:
+        """The update ``(alpha / r) * B @ A`` of ``weight`` from all adapters."""
+        a, b = self.lora_factors()
+        return self.scaling * b @ a
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.linear(x, self.weight, self.bias)
+        if self.merged:
+            return out
+        a, b = self.lora_factors()
+        return out + self.scaling * F.linear(F.linear(self.lora_dropout(x), a), b)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold the adapters into ``weight``; the forward then costs a plain linear."""
+        if not self.merged:
+            self.weight += self.delta_weight().to(self.weight.dtype)
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Take the adapters out of ``weight`` again."""
+        if self.merged:
+            self.weight -= self.delta_weight().to(self.weight.dtype)
+            self.merged = False
+
+    def extra_repr(self) -> str:
+        return (f'{super().extra_repr()}, lora_parts={list(self.parts)}, '
+                f'rank={self.rank}, scaling={self.scaling:g}')
+
+
+def add_lora(model: nn.Module, parts_by_module: Mapping[str, Mapping[str, RowRange]],
+             **lora_kwargs) -> None:
+    """Replace named ``nn.Linear`` submodules of ``model`` by :class:`LoRALinear`.
+
+    Args:
+        model (nn.Module): The model to adapt in place.
+        parts_by_module (Mapping): Dotted module name -> the ``parts`` argument of
+            :class:`LoRALinear` for it.
+        **lora_kwargs: ``rank``, ``alpha`` and ``dropout``.
+    """
+    modules = dict(model.named_modules())
+    for name, parts in parts_by_module.items():
+        linear = modules.get(name)
+        if not isinstance(linear, nn.Linear) or isinstance(linear, LoRALinear):
+            raise ValueError(f'LoRA target {name!r} is not a plain nn.Linear '
+                             f'of {type(model).__name__} (found {type(linear).__name__})')
+        parent_name, _, child = name.rpartition('.')
+        parent = modules[parent_name] if parent_name else model
+        setattr(parent, child, LoRALinear.from_linear(linear, parts, **lora_kwargs))
+
+
+def lora_layers(model: nn.Module) -> Iterator[LoRALinear]:
+    """All :class:`LoRALinear` layers of ``model``."""
+    return (m for m in model.modules() if isinstance(m, LoRALinear))
+
+
+def merge_lora(model: nn.Module) -> None:
+    """Fold every adapter of ``model`` into its frozen weights."""
+    for layer in lora_layers(model):
+        layer.merge()
+
+
+def unmerge_lora(model: nn.Module) -> None:
+    """Undo :func:`merge_lora`."""
+    for layer in lora_layers(model):
+        layer.unmerge()

@@ -1,0 +1,63 @@
+"""Shared test helpers: official-layout DINOv2 checkpoints with random weights."""
+from typing import Dict, Tuple
+
+import torch
+
+TINY = dict(embed_dims=64, num_layers=3, num_heads=2)
+
+
+def official_shapes(embed_dims: int,
+                    num_layers: int,
+                    num_register_tokens: int = 0,
+                    swiglu: bool = False,
+                    grid: int = 37) -> Dict[str, Tuple[int, ...]]:
+    """Key names and shapes of the official DINOv2 releases.
+
+    Written from the release format (``dinov2_vit*14[_reg4]_pretrain.pth``), not from
+    the model under test, so loading such a file checks the layout too.
+    """
+    C = embed_dims
+    shapes = {
+        'cls_token': (1, 1, C),
+        'pos_embed': (1, 1 + grid * grid, C),
+        'mask_token': (1, C),
+        'patch_embed.proj.weight': (C, 3, 14, 14),
+        'patch_embed.proj.bias': (C, ),
+        'norm.weight': (C, ),
+        'norm.bias': (C, ),
+    }
+    if num_register_tokens:
+        shapes['register_tokens'] = (1, num_register_tokens, C)
+    hidden = (int(4 * C * 2 / 3) + 7) // 8 * 8 if swiglu else 4 * C
+    ffn = ({'mlp.w12.weight': (2 * hidden, C), 'mlp.w12.bias': (2 * hidden, ),
+            'mlp.w3.weight': (C, hidden), 'mlp.w3.bias': (C, )} if swiglu else
+           {'mlp.fc1.weight': (hidden, C), 'mlp.fc1.bias': (hidden, ),
+            'mlp.fc2.weight': (C, hidden), 'mlp.fc2.bias': (C, )})
+    block = {'norm1.weight': (C, ), 'norm1.bias': (C, ),
+             'attn.qkv.weight': (3 * C, C), 'attn.qkv.bias': (3 * C, ),
+             'attn.proj.weight': (C, C), 'attn.proj.bias': (C, ),
+             'ls1.gamma': (C, ), 'norm2.weight': (C, ), 'norm2.bias': (C, ),
+             'ls2.gamma': (C, ), **ffn}
+    for i in range(num_layers):
+        shapes.update({f'blocks.{i}.{k}': v for k, v in block.items()})
+    return shapes
+
+
+def official_state_dict(embed_dims: int,
+                        num_layers: int,
+                        num_register_tokens: int = 0,
+                        swiglu: bool = False,
+                        grid: int = 37,
+                        seed: int = 0) -> Dict[str, torch.Tensor]:
+    """Random tensors in the official layout (see :func:`official_shapes`)."""
+    shapes = official_shapes(embed_dims, num_layers, num_register_tokens, swiglu, grid)
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, shape in shapes.items():
+        fan_in = shape[-1] if key.endswith('weight') and len(shape) == 2 else 1
+        scale = 1.0 / fan_in**0.5 if fan_in > 1 else 0.5
+        value = torch.randn(shape, generator=g) * scale
+        if key.endswith(('norm1.weight', 'norm2.weight', 'norm.weight')):
+            value = 1.0 + 0.1 * value
+        state[key] = value
+    return state

@@ -1,0 +1,116 @@
+import pytest
+import torch
+from torch import nn
+
+from dinolora_mmseg.models import DINOv2, LoRALinear, add_lora, merge_lora, unmerge_lora
+from tests.helpers import TINY
+
+
+def randomise_adapters(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if '.lora_' in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+
+
+def test_fresh_adapters_leave_outputs_unchanged():
+    plain = DINOv2(arch=TINY).eval()
+    adapted = DINOv2(arch=TINY, lora=dict(rank=4, targets=('qkv', 'proj', 'fc1', 'fc2')))
+    adapted.load_state_dict(plain.state_dict(), strict=False)
+    x = torch.randn(2, 3, 56, 70)
+    assert torch.equal(plain(x)[0], adapted.eval()(x)[0])
+
+
+def test_only_adapters_train():
+    model = DINOv2(arch=TINY, lora=dict(rank=2, targets=('q', 'v', 'fc2')))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {f'blocks.{i}.{m}.lora_{ab}.{t}' for i in range(3) for ab in 'AB'
+                         for m, t in [('attn.qkv', 'q'), ('attn.qkv', 'v'), ('mlp.fc2', 'fc2')]}
+    model.train()
+    model(torch.randn(1, 3, 28, 28))[0].sum().backward()
+    assert all((p.grad is None) != p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize('target, rows', [('q', (0, 64)), ('k', (64, 128)), ('v', (128, 192))])
+def test_qkv_targets_change_only_their_rows(target, rows):
+    model = DINOv2(arch=TINY, lora=dict(rank=2, targets=(target, )))
+    randomise_adapters(model)
+    layer = model.blocks[1].attn.qkv
+    assert isinstance(layer, LoRALinear) and list(layer.parts) == [target]
+    x = torch.randn(5, 64)
+    delta = layer(x) - nn.functional.linear(x, layer.weight, layer.bias)
+    inside = torch.zeros(192, dtype=torch.bool)
+    inside[rows[0]:rows[1]] = True
+    assert delta[:, inside].abs().min() > 0
+    assert torch.equal(delta[:, ~inside], torch.zeros_like(delta[:, ~inside]))
+
+
+def test_update_is_alpha_over_rank_times_b_a():
+    layer = LoRALinear(6, 4, {'all': (0, 4)}, rank=2, alpha=8)
+    randomise_adapters(nn.ModuleDict({'x': layer}))
+    x = torch.randn(3, 6)
+    update = (x @ layer.lora_A['all'].T) @ layer.lora_B['all'].T
+    expected = x @ layer.weight.T + layer.bias + 4.0 * update
+    assert torch.allclose(layer(x), expected, atol=1e-6)
+
+
+def test_merge_and_unmerge():
+    model = DINOv2(arch=dict(TINY, ffn_type='swiglu'),
+                   lora=dict(rank=3, alpha=6, targets=('q', 'k', 'v', 'proj', 'fc1', 'fc2'))).eval()
+    randomise_adapters(model)
+    x = torch.randn(2, 3, 42, 56)
+    weights = {n: p.clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        unmerged = model(x)[0]
+        model.merge_lora()
+        merged = model(x)[0]
+        assert not torch.equal(model.blocks[0].attn.qkv.weight, weights['blocks.0.attn.qkv.weight'])
+        model.unmerge_lora()
+        again = model(x)[0]
+    assert (merged - unmerged).abs().max() < 1e-5
+    assert (again - unmerged).abs().max() < 1e-5
+    for n, p in model.named_parameters():
+        assert torch.allclose(p, weights[n], atol=1e-6), n
+
+
+def test_block_range():
+    model = DINOv2(arch=TINY, lora=dict(rank=2, targets=('v', ), layers=[-1]))
+    assert [isinstance(b.attn.qkv, LoRALinear) for b in model.blocks] == [False, False, True]
+
+
+def test_vit_large_rank3_qv_parameter_count():
+    with torch.device('meta'):
+        model = DINOv2(arch='large', lora=dict(rank=3, alpha=3, targets=('q', 'v')))
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 294_912
+
+
+@pytest.mark.parametrize('lora, message', [
+    (dict(rank=0), 'rank must be a positive integer'),
+    (dict(rank=-2), 'rank must be a positive integer'),
+    (dict(rank=2, targets=('q', 'gate')), "Unknown LoRA target\\(s\\) \\['gate'\\]"),
+    (dict(rank=2, targets=()), 'Unknown LoRA target'),
+    (dict(rank=2, dropout=1.0), 'dropout must be in'),
+    (dict(rank=2, layers=[7]), 'lora layers entry 7 is outside'),
+])
+def test_bad_lora_settings(lora, message):
+    with pytest.raises(ValueError, match=message):
+        DINOv2(arch=TINY, lora=lora)
+
+
+def test_add_lora_to_a_missing_module():
+    with pytest.raises(ValueError, match="'head.fc' is not a plain nn.Linear"):
+        add_lora(nn.Sequential(nn.Linear(2, 2)), {'head.fc': {'all': (0, 2)}}, rank=1)
+
+
+def test_merge_helpers_on_any_module():
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    add_lora(model, {'0': {'all': (0, 8)}, '2': {'all': (0, 3)}}, rank=2, alpha=2)
+    randomise_adapters(model)
+    x = torch.randn(4, 8)
+    with torch.no_grad():
+        before = model(x)
+        merge_lora(model)
+        assert torch.allclose(model(x), before, atol=1e-6)
+        unmerge_lora(model)
+        assert torch.allclose(model(x), before, atol=1e-6)
