@@ -1,0 +1,3 @@
+from .trainable_params_hook import TrainableParamsHook
+
+__all__ = ['TrainableParamsHook']

@@ -1,0 +1,3 @@
+from .vit_fpn import ViTFPN
+
+__all__ = ['ViTFPN']

@@ -1,0 +1,80 @@
+import math
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from mmcv.cnn import build_activation_layer, build_norm_layer
+from mmengine.model import BaseModule
+from mmseg.registry import MODELS
+from torch import nn
+
+
+@MODELS.register_module()
+class ViTFPN(BaseModule):
+    """A feature pyramid at true strides 4, 8, 16, 32 from plain ViT features.
+
+    Each pyramid level is made from one ViT output at the patch stride (14 for DINOv2):
+    upsampled by transposed convolutions (x2 each, halving the width, with norm and
+    activation between them) or max-pooled, to the power of two nearest its scale, and
+    then resized to exactly ``ceil(patch_size * grid / stride)`` so that every level
+    covers the whole input image. MMSeg's :class:`FPN` then fuses the levels top-down.
+    Outputs feed ``FPNHead``, ``UPerHead`` or :class:`LinearHead`.
+
+    Args:
+        in_channels (int): Width of the ViT outputs.
+        out_channels (int): Width of every pyramid level.
+        num_inputs (int): 1 (every level from the same output) or one output per level.
+        patch_size (int): Stride of the ViT outputs in pixels.
+        strides (Sequence[int]): Strides of the pyramid levels in pixels.
+        norm_cfg (dict): Normalisation between transposed convolutions and in the FPN.
+        act_cfg (dict): Activation between transposed convolutions.
+        init_cfg (dict, optional): MMEngine initialisation config.
+    """
+
+    def __init__(self,
+                 in_channels: int,
+                 out_channels: int = 256,
+                 num_inputs: int = 1,
+                 patch_size: int = 14,
+                 strides: Sequence[int] = (4, 8, 16, 32),
+                 norm_cfg: Dict = dict(type='BN', requires_grad=True),
+                 act_cfg: Dict = dict(type='GELU'),
+                 init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        if num_inputs not in (1, len(strides)):
+            raise ValueError(f'ViTFPN takes 1 input or one per level ({len(strides)}), '
+                             f'got num_inputs={num_inputs}')
+        self.num_inputs = num_inputs
+        self.patch_size = patch_size
+        self.strides = tuple(strides)
+        self.rescales = nn.ModuleList()
+        level_channels = []
+        for stride in self.strides:
+            steps = round(math.log2(patch_size / stride))
+            layers, width = [], in_channels
+            for step in range(steps):
+                if step:
+                    layers += [build_norm_layer(norm_cfg, width)[1],
+                               build_activation_layer(act_cfg)]
+                layers.append(nn.ConvTranspose2d(width, width // 2, 2, 2))
+                width //= 2
+            if steps < 0:
+                layers.append(nn.MaxPool2d(2**-steps))
+            self.rescales.append(nn.Sequential(*layers))
+            level_channels.append(width)
+        self.fpn = MODELS.build(
+            dict(type='FPN', in_channels=level_channels, out_channels=out_channels,
+                 num_outs=len(self.strides), norm_cfg=norm_cfg))
+
+    def forward(self, inputs: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
+        if len(inputs) != self.num_inputs:
+            raise ValueError(f'ViTFPN expects {self.num_inputs} input(s), got {len(inputs)}')
+        height, width = (self.patch_size * s for s in inputs[0].shape[-2:])
+        levels: List[torch.Tensor] = []
+        for i, (stride, rescale) in enumerate(zip(self.strides, self.rescales)):
+            x = rescale(inputs[i if self.num_inputs > 1 else 0])
+            size = (-(-height // stride), -(-width // stride))
+            if x.shape[-2:] != size:
+                x = F.interpolate(x, size=size, mode='bilinear', align_corners=False)
+            levels.append(x)
+        return self.fpn(levels)
