@@ -1,3 +1,4 @@
 from .trainable_params_hook import TrainableParamsHook
+from .weights_only_checkpoint_hook import WeightsOnlyCheckpointHook
 
-__all__ = ['TrainableParamsHook']
+__all__ = ['TrainableParamsHook', 'WeightsOnlyCheckpointHook']

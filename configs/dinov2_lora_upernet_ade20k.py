@@ -1,0 +1,23 @@
+# Mixing example: MMSeg's own UPerNet ADE20k config with its ResNet-50 swapped for
+# DINOv2 ViT-L/14-reg4 with LoRA. ViTFPN turns four blocks into the stride 4-32
+# pyramid UPerHead expects; dataset, schedule (SGD, 80k) and heads stay MMSeg's.
+# The stock 512 x 512 crops are not multiples of 14: the backbone pads them to 518.
+_base_ = 'mmseg::upernet/upernet_r50_4xb4-80k_ade20k-512x512.py'
+custom_imports = dict(imports=['dinolora_mmseg'], allow_failed_imports=False)
+norm_cfg = dict(type='SyncBN', requires_grad=True)
+model = dict(
+    pretrained=None,
+    backbone=dict(
+        _delete_=True,
+        type='DINOv2',
+        arch='large',
+        num_register_tokens=4,
+        out_indices=(5, 11, 17, 23),
+        pretrained='https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/'
+        'dinov2_vitl14_reg4_pretrain.pth',
+        lora=dict(rank=3, alpha=3, targets=('q', 'v'))),
+    neck=dict(type='ViTFPN', in_channels=1024, out_channels=256, num_inputs=4,
+              norm_cfg=norm_cfg),
+    decode_head=dict(in_channels=[256, 256, 256, 256]),
+    auxiliary_head=dict(in_channels=256))
+custom_hooks = [dict(type='TrainableParamsHook'), dict(type='WeightsOnlyCheckpointHook')]
