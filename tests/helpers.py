@@ -1,7 +1,15 @@
-"""Shared test helpers: official-layout DINOv2 checkpoints with random weights."""
+"""Shared test helpers: official-layout DINOv2 checkpoints, running the tools."""
+import os
+import re
+import socket
+import subprocess
+import sys
 from typing import Dict, Tuple
 
 import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYTHON = sys.executable
 
 TINY = dict(embed_dims=64, num_layers=3, num_heads=2)
 
@@ -61,3 +69,29 @@ def official_state_dict(embed_dims: int,
             value = 1.0 + 0.1 * value
         state[key] = value
     return state
+
+
+def free_port() -> int:
+    """A TCP port on localhost that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def run_tool(*args, env=None, timeout=600) -> str:
+    """Run a command of the project (from the repository root); return its output.
+
+    Raises AssertionError with the output when it fails.
+    """
+    result = subprocess.run([str(a) for a in args], cwd=ROOT, env={**os.environ, **(env or {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, f'{args} failed ({result.returncode}):\n{result.stdout[-5000:]}'
+    return result.stdout
+
+
+def logged_metrics(output: str, mode: str) -> Dict[str, float]:
+    """The last ``Iter(val|test)`` metrics line of an MMEngine log as numbers."""
+    lines = [line for line in output.splitlines() if f'Iter({mode})' in line and 'mIoU' in line]
+    assert lines, f'no Iter({mode}) metrics in:\n{output[-3000:]}'
+    return {k: float(v) for k, v in re.findall(r'(aAcc|mIoU|mAcc): ([\d.]+)', lines[-1])}

@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
-# The README's main job (smoke run until the training path lands): build the DINOv2
-# backbone through MMSeg's registry and print the shapes of its outputs.
+# The README's main job on a CPU machine: write the demo data (VOC layout), fine-tune
+# the main config shrunk for CPU (configs/demo/dinov2_lora_voc_demo.py), then evaluate
+# the checkpoint with dist_test.sh on 2 processes and print MMSeg's IoU table.
+# Uses checkpoints/dinov2_vits14_reg4_pretrain.pth when present, else random weights.
 set -euo pipefail
 PYTHON=${1:-python}
-"$PYTHON" - <<'PYEOF'
-import torch
-
-import dinolora_mmseg  # noqa: F401  (registers DINOv2 in MMSeg)
-from mmseg.registry import MODELS
-
-model = MODELS.build(dict(type='DINOv2', arch='small', num_register_tokens=4,
-                          out_indices=(8, 9, 10, 11))).eval()
-with torch.no_grad():
-    for size in [(518, 518), (480, 640)]:
-        outs = model(torch.randn(1, 3, *size))
-        print(f'input {size}: ' + ', '.join(str(tuple(o.shape)) for o in outs))
-PYEOF
+cd "$(dirname "$0")/.."
+CONFIG=configs/demo/dinov2_lora_voc_demo.py
+WORK_DIR=work_dirs/dinov2_lora_voc_demo
+WEIGHTS=checkpoints/dinov2_vits14_reg4_pretrain.pth
+OPTIONS=()
+if [[ -f $WEIGHTS ]]; then
+    echo "[demo] backbone weights: $WEIGHTS"
+    OPTIONS=(--cfg-options "model.backbone.pretrained=$WEIGHTS")
+else
+    echo "[demo] no $WEIGHTS: the backbone starts from random weights"
+fi
+"$PYTHON" tools/make_demo_data.py data/demo --format voc
+"$PYTHON" tools/train.py "$CONFIG" --work-dir "$WORK_DIR" "${OPTIONS[@]}"
+CHECKPOINT=$(cat "$WORK_DIR/last_checkpoint")
+PYTHON=$PYTHON bash tools/dist_test.sh "$CONFIG" "$CHECKPOINT" 2 \
+    --work-dir "$WORK_DIR/test" "${OPTIONS[@]}"

@@ -1,0 +1,37 @@
+import glob
+import os.path as osp
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmseg.registry import MODELS
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', '**', '*.py'), recursive=True))
+TOP_LEVEL = [c for c in CONFIGS if '_base_' not in c]
+
+
+def test_the_main_config_exists():
+    assert osp.join(ROOT, 'configs', 'dinov2_lora_voc.py') in TOP_LEVEL
+
+
+@pytest.mark.parametrize('path', TOP_LEVEL, ids=lambda p: osp.relpath(p, ROOT))
+def test_config_builds_its_model(path):
+    cfg = Config.fromfile(path)  # runs custom_imports: dinolora_mmseg registers itself
+    init_default_scope(cfg.get('default_scope', 'mmseg'))
+    cfg.model.backbone.pretrained = None  # no downloads in tests
+    with torch.device('meta'):
+        model = MODELS.build(cfg.model)
+    backbone = model.backbone
+    assert type(backbone).__name__ == 'DINOv2'
+    assert all('.lora_' in n for n, p in backbone.named_parameters() if p.requires_grad)
+    lora = cfg.model.backbone.get('lora')
+    assert any('.lora_' in n for n, _ in backbone.named_parameters()) == (lora is not None)
+    classes = 150 if 'ade20k' in path else 21
+    assert model.decode_head.num_classes == classes
+    crop = cfg.train_dataloader.dataset.pipeline[3].get('crop_size')
+    if 'upernet' not in path:  # the mixing example keeps MMSeg's 512 crops
+        assert crop[0] % 14 == 0 and crop[1] % 14 == 0
+    assert 'TrainableParamsHook' in [h['type'] for h in cfg.custom_hooks]
+    assert 'WeightsOnlyCheckpointHook' in [h['type'] for h in cfg.custom_hooks]
