@@ -149,6 +149,17 @@ def lora_layers(model: nn.Module) -> Iterator[LoRALinear]:
     return (m for m in model.modules() if isinstance(m, LoRALinear))
 
 
+def train_adapters_only(model: nn.Module, mode: bool = True) -> nn.Module:
+    """``model.train(mode)`` for a frozen model: everything stays in eval mode (no
+    dropout, stochastic depth or batch-statistics updates) except the adapters'
+    dropout, which follows ``mode``; ``model.training`` reports ``mode``."""
+    nn.Module.train(model, False)
+    for layer in lora_layers(model):
+        layer.lora_dropout.train(mode)
+    model.training = mode
+    return model
+
+
 def merge_lora(model: nn.Module) -> None:
     """Fold every adapter of ``model`` into its frozen weights."""
     for layer in lora_layers(model):

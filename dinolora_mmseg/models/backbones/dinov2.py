@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ...utils.weights import load_weights
-from ..lora import add_lora, lora_layers, merge_lora, unmerge_lora
+from ..lora import add_lora, merge_lora, train_adapters_only, unmerge_lora
 from ..utils.dinov2_layers import Block, PatchEmbed
 
 OFFICIAL_URL = 'https://dl.fbaipublicfiles.com/dinov2/dinov2_vit{s}14/dinov2_vit{s}14{reg}_pretrain.pth'
@@ -250,11 +250,7 @@ class DINOv2(BaseModule):
 
     def train(self, mode: bool = True) -> 'DINOv2':
         """Keep frozen weights in eval mode; LoRA dropout follows ``mode``."""
-        super().train(mode and not self.frozen)
-        for layer in lora_layers(self):
-            layer.lora_dropout.train(mode)
-        self.training = mode
-        return self
+        return train_adapters_only(self, mode) if self.frozen else super().train(mode)
 
     def interpolate_pos_encoding(self, h: int, w: int) -> torch.Tensor:
         """Position embedding (class slot first) for an ``h`` x ``w`` patch grid.
