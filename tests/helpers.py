@@ -71,6 +71,30 @@ def official_state_dict(embed_dims: int,
     return state
 
 
+def write_tiny_config(path, base: str, data_root=None, embed_dims: int = 64,
+                      num_layers: int = 2, num_heads: int = 2, **extra):
+    """Write a config on ``base`` with a tiny random DINOv2 and a head that fits it.
+
+    With ``data_root``, the dataloaders read it in the main process (no workers), 2
+    images a batch for training, 1 for validation and testing. ``extra`` are further
+    top-level settings, ``name='python source'``. Returns ``path``.
+    """
+    arch = (f'dict(_delete_=True, embed_dims={embed_dims}, num_layers={num_layers}, '
+            f'num_heads={num_heads})')
+    lines = [f"_base_ = '{base}'",
+             f'model = dict(backbone=dict(arch={arch}, pretrained=None), '
+             f'decode_head=dict(in_channels={embed_dims}))']
+    if data_root is not None:
+        loader = ('dict(batch_size={}, num_workers=0, persistent_workers=False, '
+                  'dataset=dict(data_root={!r}))')
+        lines += [f'train_dataloader = {loader.format(2, str(data_root))}',
+                  f'val_dataloader = {loader.format(1, str(data_root))}',
+                  'test_dataloader = val_dataloader']
+    lines += [f'{k} = {v}' for k, v in extra.items()]
+    path.write_text('\n'.join(lines) + '\n')
+    return path
+
+
 def free_port() -> int:
     """A TCP port on localhost that nothing listens on right now."""
     with socket.socket() as s:

@@ -1,0 +1,95 @@
+"""Fold a checkpoint's LoRA adapters into the backbone weights for deployment.
+
+    python tools/merge_lora.py CONFIG CKPT OUT.pth [--format safetensors] [--backbone-only]
+
+OUT loads with the same config and ``lora=None`` and predicts what CKPT predicts::
+
+    python tools/test.py CONFIG OUT.pth --cfg-options model.backbone.lora=None
+
+``--backbone-only`` writes the merged DINOv2 alone in the official key layout
+(``dinov2_vit*14[_reg4]_pretrain.pth``; ``mask_token`` set to zeros), readable by
+anything that reads the official files, e.g. ``DINOv2(pretrained=OUT)``.
+"""
+import argparse
+import os
+
+import torch
+from mmengine.config import Config, DictAction
+from mmengine.registry import init_default_scope
+from mmengine.runner import load_checkpoint
+from mmseg.registry import MODELS
+
+from dinolora_mmseg.models import DINOv2, merge_lora
+from dinolora_mmseg.models.lora import lora_layers
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description='Merge LoRA adapters into the backbone')
+    parser.add_argument('config', help='config the checkpoint was trained with')
+    parser.add_argument('checkpoint', help='checkpoint with LoRA adapters')
+    parser.add_argument('out', help='output file')
+    parser.add_argument('--format', choices=['pth', 'safetensors'], default='pth')
+    parser.add_argument('--backbone-only', action='store_true',
+                        help='write only the DINOv2 backbone, in the official key layout')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override settings of the config, key=value')
+    return parser.parse_args()
+
+
+def merged_state_dict(cfg: Config, checkpoint: str):
+    """Build the model of ``cfg``, load ``checkpoint`` and merge its adapters.
+
+    Returns:
+        tuple: (state dict without adapter tensors, the checkpoint's ``meta``)
+    """
+    init_default_scope(cfg.get('default_scope', 'mmseg'))
+    model = MODELS.build(cfg.model)
+    if next(lora_layers(model), None) is None:
+        raise ValueError(f'{cfg.filename} builds a model without LoRA adapters: nothing to merge')
+    loaded = load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+    merge_lora(model)
+    if isinstance(model.backbone, DINOv2):
+        model.backbone.pretrained = None  # keep the (now changed) frozen weights in
+    state = {k: v for k, v in model.state_dict().items() if '.lora_' not in k}
+    return state, loaded.get('meta', {})
+
+
+def official_layout(state):
+    """The backbone's tensors under the official DINOv2 key names."""
+    official = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
+    official['mask_token'] = torch.zeros(1, official['cls_token'].shape[-1])
+    return official
+
+
+def save_atomically(obj, out: str, fmt: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    tmp = f'{out}.tmp'
+    if fmt == 'safetensors':
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in obj.items()}, tmp)
+    else:
+        torch.save(obj, tmp)
+    os.replace(tmp, out)
+
+
+def main():
+    args = parse_args()
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    state, meta = merged_state_dict(cfg, args.checkpoint)
+    if args.backbone_only:
+        if cfg.model.backbone.type != 'DINOv2':
+            raise ValueError('--backbone-only writes the official DINOv2 layout; the backbone '
+                             f'of {args.config} is {cfg.model.backbone.type}')
+        obj, use = official_layout(state), 'official DINOv2 layout'
+    else:
+        use = 'load it with the same config and model.backbone.lora=None'
+        obj = state if args.format == 'safetensors' else dict(
+            state_dict=state, meta=dict(dataset_meta=meta.get('dataset_meta'),
+                                        merged_from=os.path.abspath(args.checkpoint)))
+    save_atomically(obj, args.out, args.format)
+    print(f'wrote {args.out} with the LoRA adapters merged: {use}')
+
+if __name__ == '__main__':
+    main()
