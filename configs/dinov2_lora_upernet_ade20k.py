@@ -20,4 +20,8 @@ model = dict(
               norm_cfg=norm_cfg),
     decode_head=dict(in_channels=[256, 256, 256, 256]),
     auxiliary_head=dict(in_channels=256))
-custom_hooks = [dict(type='TrainableParamsHook'), dict(type='WeightsOnlyCheckpointHook')]
+custom_hooks = [
+    dict(type='TrainableParamsHook'),
+    dict(type='WeightsOnlyCheckpointHook'),
+    dict(type='FiniteLossHook')
+]

@@ -6,6 +6,7 @@ import os.path as osp
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
+from dinolora_mmseg.engine.data_checks import check_dataloaders
 from dinolora_mmseg.engine.launch import prepare_launch
 
 
@@ -52,7 +53,7 @@ def main():
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
-    cfg.load_from = args.checkpoint
+    cfg.load_from = None  # loaded strictly below: a checkpoint of another model is an error
     if args.show or args.show_dir:
         cfg = enable_visualization(cfg, args)
     if args.tta:
@@ -62,8 +63,15 @@ def main():
     if args.out is not None:
         cfg.test_evaluator['output_dir'] = args.out
         cfg.test_evaluator['keep_results'] = True
+    num_images = check_dataloaders(cfg, ['test_dataloader'])['test_dataloader']
+    processes = int(os.environ.get('WORLD_SIZE', 1)) if args.launcher != 'none' else 1
+    if processes > num_images:
+        raise ValueError(f'{processes} processes for {num_images} test images: each process '
+                         'needs at least one; start fewer')
     prepare_launch(cfg, args.launcher)
-    Runner.from_cfg(cfg).test()
+    runner = Runner.from_cfg(cfg)
+    runner.load_checkpoint(args.checkpoint, map_location='cpu', strict=True)
+    runner.test()
 
 
 if __name__ == '__main__':

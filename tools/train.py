@@ -8,6 +8,8 @@ from mmengine.logging import print_log
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from dinolora_mmseg.engine.checkpoint_io import find_resumable_checkpoint
+from dinolora_mmseg.engine.data_checks import check_dataloaders
 from dinolora_mmseg.engine.launch import prepare_launch
 
 
@@ -45,6 +47,11 @@ def main():
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.loss_scale = 'dynamic'
     cfg.resume = args.resume
+    if args.resume and cfg.get('load_from') is None:
+        # mmengine would trust last_checkpoint blindly; skip damaged files instead.
+        cfg.load_from = find_resumable_checkpoint(cfg.work_dir)
+    check_dataloaders(cfg, ['train_dataloader', 'val_dataloader'] if cfg.get('val_cfg')
+                      else ['train_dataloader'])
     prepare_launch(cfg, args.launcher)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.train()

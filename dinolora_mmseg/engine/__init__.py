@@ -1,1 +1,2 @@
+from . import checkpoint_io  # noqa: F401
 from .hooks import *  # noqa: F401,F403

@@ -10,7 +10,6 @@ from typing import Dict
 from urllib.parse import urlparse
 
 import torch
-from mmengine.runner import CheckpointLoader
 
 
 def is_url(path: str) -> bool:
@@ -75,13 +74,3 @@ def load_weights(path: str) -> Dict[str, torch.Tensor]:
                          f'(got {type(state).__name__})')
     return state
 
-
-@CheckpointLoader.register_scheme(prefixes=r'.*\.safetensors$')
-def load_safetensors_checkpoint(filename: str, map_location=None) -> Dict:
-    """MMEngine loader for local ``.safetensors`` files (``load_from``, ``tools/test.py``).
-
-    Args:
-        filename (str): Path of the file.
-        map_location: Ignored; tensors are loaded on the CPU.
-    """
-    return {'state_dict': load_weights(filename)}

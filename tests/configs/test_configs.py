@@ -38,3 +38,4 @@ def test_config_builds_its_model(path):
         assert crop[0] % 14 == 0 and crop[1] % 14 == 0
     assert 'TrainableParamsHook' in [h['type'] for h in cfg.custom_hooks]
     assert 'WeightsOnlyCheckpointHook' in [h['type'] for h in cfg.custom_hooks]
+    assert 'FiniteLossHook' in [h['type'] for h in cfg.custom_hooks]

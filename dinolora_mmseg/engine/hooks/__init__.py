@@ -1,4 +1,5 @@
+from .finite_loss_hook import FiniteLossHook
 from .trainable_params_hook import TrainableParamsHook
 from .weights_only_checkpoint_hook import WeightsOnlyCheckpointHook
 
-__all__ = ['TrainableParamsHook', 'WeightsOnlyCheckpointHook']
+__all__ = ['FiniteLossHook', 'TrainableParamsHook', 'WeightsOnlyCheckpointHook']

@@ -1,0 +1,118 @@
+"""How MMEngine reads and writes checkpoints once this package is imported.
+
+- Local checkpoints are read weights-only (``torch.load(weights_only=True)``), even
+  where a torch version or ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` would unpickle more, so
+  ``load_from``/``tools/test.py`` of a file from a stranger runs none of its code; a
+  refused or damaged file is named in the error.
+- ``.safetensors`` files load as checkpoints too.
+- Local files are written atomically (a temporary file, then a rename), so a run killed
+  while saving never leaves a torn checkpoint or ``last_checkpoint``.
+"""
+import logging
+import os
+import os.path as osp
+import pickle
+import zipfile
+from typing import Dict, Optional, Union
+
+import torch
+from mmengine.fileio.backends import LocalBackend, register_backend
+from mmengine.logging import print_log
+from mmengine.runner import CheckpointLoader
+
+from ..utils.weights import load_weights
+
+
+class AtomicLocalBackend(LocalBackend):
+    """MMEngine's local file backend, writing every file atomically."""
+
+    def put(self, obj: bytes, filepath: Union[str, os.PathLike]) -> None:
+        os.makedirs(osp.dirname(osp.abspath(filepath)), exist_ok=True)
+        tmp = f'{filepath}.tmp{os.getpid()}'
+        with open(tmp, 'wb') as f:
+            f.write(obj)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, filepath)
+
+    def put_text(self, obj: str, filepath: Union[str, os.PathLike],
+                 encoding: str = 'utf-8') -> None:
+        self.put(obj.encode(encoding), filepath)
+
+
+register_backend('local', AtomicLocalBackend, force=True, prefixes='')
+
+
+@CheckpointLoader.register_scheme(prefixes='', force=True)
+def load_local_checkpoint(filename: str, map_location=None) -> Dict:
+    """Read a local checkpoint weights-only, naming the file in every error.
+
+    Args:
+        filename (str): Path of the checkpoint.
+        map_location: As for :func:`torch.load`.
+    """
+    filename = osp.expanduser(filename)
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f'checkpoint not found: {filename}')
+    if not zipfile.is_zipfile(filename):
+        raise RuntimeError(f'{filename} is damaged or not a zip-format torch checkpoint '
+                           '(a truncated or torn file looks like this)')
+    try:
+        return torch.load(filename, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise RuntimeError(
+            f'{filename} was not loaded: it asks to unpickle objects that weights-only '
+            f'loading refuses (nothing in it was run). If it is a checkpoint you wrote '
+            f'yourself with an older tool, re-save its state_dict. Details: '
+            f'{str(error).splitlines()[0]}') from error
+    except RuntimeError as error:
+        raise RuntimeError(f'{filename} is damaged: {error}') from error
+
+
+@CheckpointLoader.register_scheme(prefixes=r'.*\.safetensors$')
+def load_safetensors_checkpoint(filename: str, map_location=None) -> Dict:
+    """MMEngine loader for local ``.safetensors`` files (``load_from``, ``tools/test.py``).
+
+    Args:
+        filename (str): Path of the file.
+        map_location: Ignored; tensors are loaded on the CPU.
+    """
+    return {'state_dict': load_weights(filename)}
+
+
+def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
+    """The newest complete checkpoint in ``work_dir``, for ``--resume``.
+
+    The one ``last_checkpoint`` names, if it is readable; else the ``iter_*.pth`` /
+    ``epoch_*.pth`` with the highest number that is a complete archive.
+
+    Returns:
+        str | None: Its path, or None when the folder holds none.
+    """
+    def complete(path: str) -> bool:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                if archive.testzip() is None:
+                    return True
+        except (OSError, zipfile.BadZipFile):
+            pass
+        print_log(f'{path} is damaged; looking for an older checkpoint', logger='current',
+                  level=logging.WARNING)
+        return False
+
+    pointer = osp.join(work_dir, 'last_checkpoint')
+    if osp.isfile(pointer):
+        with open(pointer) as f:
+            named = f.read().strip()
+        if named and osp.isfile(named) and complete(named):
+            return named
+    numbered = []
+    for name in os.listdir(work_dir) if osp.isdir(work_dir) else []:
+        stem, ext = osp.splitext(name)
+        prefix, _, number = stem.partition('_')
+        if ext == '.pth' and prefix in ('iter', 'epoch') and number.isdigit():
+            numbered.append((int(number), osp.join(work_dir, name)))
+    for _, path in sorted(numbered, reverse=True):
+        if complete(path):
+            return path
+    return None

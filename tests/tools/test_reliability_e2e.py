@@ -1,0 +1,154 @@
+"""Crash, resume, bad launches and distributed parity of the training/test tools."""
+import os
+import os.path as osp
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmseg.registry import MODELS
+
+from tests.helpers import PYTHON, ROOT, free_port, run_tool, write_tiny_config
+
+DEMO = osp.join(ROOT, 'configs/demo/dinov2_lora_voc_demo.py')
+
+
+@pytest.fixture(scope='module')
+def voc(tmp_path_factory):
+    root = tmp_path_factory.mktemp('reliability')
+    run_tool(PYTHON, 'tools/make_demo_data.py', root, '--format', 'voc', '--num-train', 8,
+             '--num-val', 2)
+    return root / 'VOCdevkit' / 'VOC2012'
+
+
+def trainable(checkpoint):
+    state = torch.load(checkpoint, weights_only=True)['state_dict']
+    return {k: v for k, v in state.items() if '.lora_' in k or k.startswith('decode_head.')}
+
+
+def run(*args, env=None):
+    return subprocess.run([str(a) for a in args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+
+
+def test_resume_after_sigkill_equals_an_uninterrupted_run(voc, tmp_path):
+    config = write_tiny_config(
+        tmp_path / 'resume.py', DEMO, voc,
+        randomness='dict(seed=0, deterministic=True)',
+        train_cfg='dict(max_iters=40, val_interval=1000)',
+        default_hooks='dict(checkpoint=dict(interval=5, max_keep_ckpts=20))')
+    run_tool(PYTHON, 'tools/train.py', config, '--work-dir', tmp_path / 'straight')
+
+    work = tmp_path / 'killed'
+    process = subprocess.Popen([PYTHON, 'tools/train.py', config, '--work-dir', work], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (work / 'last_checkpoint').exists() and process.poll() is None:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, 'the run ended before it could be killed'
+    assert not (work / 'iter_40.pth').exists()
+    output = run_tool(PYTHON, 'tools/train.py', config, '--work-dir', work, '--resume')
+    assert 'resumed' in output.lower()
+    straight = trainable(tmp_path / 'straight/iter_40.pth')
+    resumed = trainable(work / 'iter_40.pth')
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert (straight[key] - resumed[key]).abs().max() <= 1e-6, key
+
+
+def test_two_process_training_equals_one_process(voc, tmp_path):
+    """Same global batch (4 = 2 x 2) over the same samples, no random augmentation, SGD
+    (Adam's normalised step would magnify float noise in near-zero gradients) and the
+    loss averaged over all pixels of a crop (equal on both ranks): DDP's gradient mean
+    then equals the single-process gradient up to float rounding (tolerance 1e-6)."""
+    pipeline = ("[dict(type='LoadImageFromFile'), dict(type='LoadAnnotations'), "
+                "dict(type='Resize', scale=(112, 84), keep_ratio=False), "
+                "dict(type='PackSegInputs')]")
+    config = write_tiny_config(
+        tmp_path / 'parity.py', DEMO, voc,
+        randomness='dict(seed=0, deterministic=True)',
+        train_cfg='dict(max_iters=3, val_interval=1000)',
+        optim_wrapper="dict(_delete_=True, type='OptimWrapper', "
+                      "optimizer=dict(type='SGD', lr=0.05, momentum=0.9))",
+        param_scheduler='[]',
+        default_hooks='dict(checkpoint=dict(interval=3))')
+    with open(config, 'a') as f:
+        f.write(f"train_dataloader = dict(batch_size=4, dataset=dict(pipeline={pipeline}))\n"
+                "model = dict(decode_head=dict(loss_decode=dict(avg_non_ignore=False)))\n")
+    run_tool(PYTHON, 'tools/train.py', config, '--work-dir', tmp_path / 'one')
+    run_tool('bash', 'tools/dist_train.sh', config, 2, '--work-dir', tmp_path / 'two',
+             '--cfg-options', 'train_dataloader.batch_size=2',
+             env=dict(PYTHON=PYTHON, PORT=str(free_port())))
+    one, two = trainable(tmp_path / 'one/iter_3.pth'), trainable(tmp_path / 'two/iter_3.pth')
+    start = trainable_init(config)
+    assert any((one[k] - start[k]).abs().max() > 1e-4 for k in one)  # it did train
+    for key in one:
+        assert (one[key] - two[key]).abs().max() <= 1e-6, key
+
+
+def trainable_init(config):
+    cfg = Config.fromfile(config)
+    init_default_scope('mmseg')
+    torch.manual_seed(0)
+    return {k: v for k, v in MODELS.build(cfg.model).state_dict().items()
+            if '.lora_' in k or k.startswith('decode_head.')}
+
+
+def test_checkpoint_of_another_architecture_is_refused(voc, tmp_path):
+    wide = write_tiny_config(tmp_path / 'wide.py', DEMO, voc, embed_dims=96)
+    cfg = Config.fromfile(wide)
+    init_default_scope('mmseg')
+    torch.save({'state_dict': MODELS.build(cfg.model).state_dict()}, tmp_path / 'wide.pth')
+    narrow = write_tiny_config(tmp_path / 'narrow.py', DEMO, voc, embed_dims=64)
+    result = run(PYTHON, 'tools/test.py', narrow, tmp_path / 'wide.pth', '--work-dir', tmp_path)
+    assert result.returncode != 0
+    assert ('size mismatch for backbone.cls_token: copying a param with shape '
+            'torch.Size([1, 1, 96]) from checkpoint, the shape in current model is '
+            'torch.Size([1, 1, 64])') in result.stderr
+
+
+def test_more_processes_than_test_images(voc, tmp_path):
+    config = write_tiny_config(tmp_path / 'c.py', DEMO, voc)
+    result = run('bash', 'tools/dist_test.sh', config, tmp_path / 'none.pth', 3,
+                 env=dict(PYTHON=PYTHON, PORT=str(free_port())))
+    assert result.returncode != 0
+    assert '3 processes for 2 test images' in result.stderr
+
+
+def test_rendezvous_port_in_use(voc, tmp_path):
+    with socket.create_server(('', 0)) as busy:
+        port = busy.getsockname()[1]
+        started = time.time()
+        result = run('bash', 'tools/dist_test.sh', DEMO, tmp_path / 'none.pth', 2,
+                     env=dict(PYTHON=PYTHON, PORT=str(port)))
+    assert result.returncode != 0 and time.time() - started < 30
+    assert f'port {port} is in use' in result.stderr
+
+
+def test_a_dead_worker_ends_the_launch(voc, tmp_path):
+    config = write_tiny_config(tmp_path / 'c.py', DEMO, voc)
+    launcher = subprocess.Popen(
+        ['bash', 'tools/dist_test.sh', str(config), str(tmp_path / 'none.pth'), '2'], cwd=ROOT,
+        env={**os.environ, 'PYTHON': PYTHON, 'PORT': str(free_port())},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    workers = []
+    deadline = time.time() + 120
+    while len(workers) < 2:
+        assert time.time() < deadline and launcher.poll() is None
+        time.sleep(0.2)
+        workers = subprocess.run(['pgrep', '-P', str(launcher.pid)],  # torchrun's workers
+                                 capture_output=True, text=True).stdout.split()
+    os.kill(int(workers[1]), signal.SIGKILL)
+    killed = time.time()
+    try:
+        code = launcher.wait(timeout=60)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+    assert code != 0 and time.time() - killed < 60
