@@ -1,0 +1,107 @@
+"""Segment images with a trained model and save the predictions painted over them.
+
+One PNG per image, named after it, with each pixel blended with the palette colour of
+its predicted class and the class names written on their regions (MMSeg's
+``MMSegInferencer`` and ``SegLocalVisualizer``)::
+
+    python tools/infer.py demo1.jpg demo2.jpg --config configs/dinov2_lora_voc.py \
+        --checkpoint work_dirs/dinov2_lora_voc/iter_20000.pth --out outputs/
+"""
+import argparse
+import os
+import os.path as osp
+from typing import List, Optional, Sequence
+
+import mmcv
+from mmengine.config import Config, DictAction
+from mmengine.utils import ProgressBar
+from mmseg.apis import MMSegInferencer
+
+import dinolora_mmseg  # noqa: F401  (registers the DINOv2 backbone)
+
+
+def check_images(paths: Sequence[str], out_dir: str) -> List[str]:
+    """The output path of each image, after checking that all can be read.
+
+    Raises:
+        FileNotFoundError: An image does not exist.
+        ValueError: An image cannot be decoded, or two images have the same file name
+            (their overlays would overwrite each other).
+    """
+    outputs = {}
+    for path in paths:
+        if not osp.isfile(path):
+            raise FileNotFoundError(f'Image not found: {path}')
+        if mmcv.imread(path) is None:
+            raise ValueError(f'Cannot read {path} as an image (not a format OpenCV decodes)')
+        out = osp.join(out_dir, osp.splitext(osp.basename(path))[0] + '.png')
+        if out in outputs:
+            raise ValueError(f'{outputs[out]} and {path} would both be written to {out}')
+        outputs[out] = path
+    return list(outputs)
+
+
+def infer(images: Sequence[str], config: str, checkpoint: str, out_dir: str,
+          opacity: float = 0.5, device: Optional[str] = None,
+          cfg_options: Optional[dict] = None) -> List[str]:
+    """Write an overlay of the prediction of the model for each image into ``out_dir``.
+
+    Args:
+        images (Sequence[str]): Image files.
+        config (str): MMSeg config of the model.
+        checkpoint (str): Its checkpoint (with ``meta.dataset_meta`` for the classes and
+            palette, as the training tools write it).
+        out_dir (str): Folder for the overlays, created if missing.
+        opacity (float): Weight of the palette colour, in (0, 1].
+        device (str, optional): Device to run on; default the GPU if there is one.
+        cfg_options (dict, optional): Overrides of the config, key -> value.
+
+    Returns:
+        list[str]: The written PNG files, in the order of ``images``.
+    """
+    if not 0 < opacity <= 1:
+        raise ValueError(f'opacity must be in (0, 1], got {opacity}')
+    outputs = check_images(images, out_dir)
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    inferencer = MMSegInferencer(cfg, checkpoint, device=device)
+    inferencer.show_progress = False
+    os.makedirs(out_dir, exist_ok=True)
+    progress = ProgressBar(len(images))
+    for image, out in zip(images, outputs):
+        overlay = inferencer(image, return_vis=True, opacity=opacity)['visualization']
+        partial = osp.join(out_dir, '.partial-' + osp.basename(out))
+        if not mmcv.imwrite(mmcv.rgb2bgr(overlay), partial):
+            raise OSError(f'Could not write {out}')
+        os.replace(partial, out)
+        progress.update()
+    return outputs
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('images', nargs='+', metavar='IMAGE', help='image files')
+    parser.add_argument('--config', required=True, help='config file of the model')
+    parser.add_argument('--checkpoint', required=True, help='checkpoint file')
+    parser.add_argument('--out', required=True, help='folder for the overlay PNGs')
+    parser.add_argument('--opacity', type=float, default=0.5,
+                        help='opacity of the painted prediction, in (0, 1]')
+    parser.add_argument('--device', help='e.g. cpu or cuda:0 (default: GPU if available)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override settings of the config, key=value')
+    args = parser.parse_args()
+    if not 0 < args.opacity <= 1:
+        parser.error(f'--opacity must be in (0, 1], got {args.opacity}')
+    return args
+
+
+def main():
+    args = parse_args()
+    outputs = infer(args.images, args.config, args.checkpoint, args.out, args.opacity,
+                    args.device, args.cfg_options)
+    print(f'\n{len(outputs)} overlays written to {args.out}')
+
+
+if __name__ == '__main__':
+    main()
