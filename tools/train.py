@@ -3,6 +3,7 @@ import argparse
 import os
 import os.path as osp
 
+import torch
 from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 from mmengine.registry import RUNNERS
@@ -20,7 +21,7 @@ def parse_args():
     parser.add_argument('--resume', action='store_true',
                         help='resume from the latest checkpoint in the work_dir')
     parser.add_argument('--amp', action='store_true',
-                        help='automatic mixed precision (float16 on CUDA)')
+                        help='bfloat16 automatic mixed precision (CPU and GPU)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings of the config, key=value')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
@@ -41,11 +42,13 @@ def main():
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     if args.amp:
-        if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'AmpOptimWrapper':
+        if cfg.optim_wrapper.get('type', 'OptimWrapper') in ('AmpOptimWrapper',
+                                                             'BF16OptimWrapper'):
             print_log('AMP training is already enabled in the config', logger='current')
-        else:
-            cfg.optim_wrapper.type = 'AmpOptimWrapper'
-            cfg.optim_wrapper.loss_scale = 'dynamic'
+        elif torch.cuda.is_available():
+            cfg.optim_wrapper.update(type='AmpOptimWrapper', dtype='bfloat16')
+        else:  # mmengine's AmpOptimWrapper needs a GPU
+            cfg.optim_wrapper.type = 'BF16OptimWrapper'
     cfg.resume = args.resume
     if args.resume and cfg.get('load_from') is None:
         # mmengine would trust last_checkpoint blindly; skip damaged files instead.

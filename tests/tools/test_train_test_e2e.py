@@ -137,3 +137,10 @@ def test_dist_train_runs_two_cpu_processes(demo, tmp_path):
                       env=dict(PYTHON=PYTHON, PORT=str(free_port())))
     assert 'rank 0 of 2 runs on the CPU with the gloo backend' in output
     assert (tmp_path / 'work' / 'iter_2.pth').exists()
+
+
+def test_amp_trains_in_bfloat16_on_cpu(demo, tmp_path):
+    output = run_tool(PYTHON, 'tools/train.py', demo['config'], '--amp', '--work-dir', tmp_path,
+                      '--cfg-options', 'train_cfg.max_iters=2', 'train_cfg.val_interval=2')
+    assert 'BF16OptimWrapper' in (tmp_path / 'tiny_voc.py').read_text()
+    assert logged_metrics(output, 'val')['mIoU'] > 0
