@@ -1,11 +1,39 @@
-"""Settings that let MMEngine run multi-process jobs on machines without CUDA."""
+"""What the command-line tools share: their common options, loading the config as
+MMSeg's tools do, and the settings that let MMEngine run multi-process jobs on
+machines without CUDA."""
+import argparse
 import os
+import os.path as osp
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """Add MMSeg's ``--work-dir``, ``--cfg-options``, ``--launcher`` and ``--local_rank``."""
+    parser.add_argument('--work-dir', help='the dir to save logs, models and results')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override settings of the config, key=value')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    """``args.config`` with ``--cfg-options`` applied and the work dir set as MMSeg's tools
+    do (``--work-dir``, else the config's, else ``./work_dirs/<config name>``)."""
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir') is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    return cfg
 
 
 def _replace_sync_bn(node):
