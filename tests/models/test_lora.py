@@ -6,12 +6,12 @@ from dinolora_mmseg.models import DINOv2, LoRALinear, add_lora, merge_lora, unme
 from tests.helpers import TINY
 
 
-def randomise_adapters(model, seed=0):
+def randomise_adapters(model, seed=0, std=0.2):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if '.lora_' in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+                p.copy_(torch.randn(p.shape, generator=g) * std)
 
 
 def test_fresh_adapters_leave_outputs_unchanged():
@@ -55,10 +55,15 @@ def test_update_is_alpha_over_rank_times_b_a():
     assert torch.allclose(layer(x), expected, atol=1e-6)
 
 
-def test_merge_and_unmerge():
+@pytest.mark.parametrize('seed', range(5))
+def test_merge_and_unmerge(seed):
+    """Adapters whose updates are ~40 % of the weights they adapt (mean |BA| ~0.006 vs
+    |W| ~0.016): merged outputs (up to ~4, final LayerNorm) agree within 1e-5 (worst
+    seen over 40 seeds: 7e-7)."""
+    torch.manual_seed(seed)
     model = DINOv2(arch=dict(TINY, ffn_type='swiglu'),
                    lora=dict(rank=3, alpha=6, targets=('q', 'k', 'v', 'proj', 'fc1', 'fc2'))).eval()
-    randomise_adapters(model)
+    randomise_adapters(model, seed, std=0.05)
     x = torch.randn(2, 3, 42, 56)
     weights = {n: p.clone() for n, p in model.named_parameters()}
     with torch.no_grad():
