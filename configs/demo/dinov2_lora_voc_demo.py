@@ -7,6 +7,7 @@ crop_size = (168, 168)
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations'),
+    dict(type='CheckSegMap', num_classes=21),
     dict(type='RandomResize', scale=(224, 168), ratio_range=(0.75, 1.5), keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
     dict(type='RandomFlip', prob=0.5),
@@ -16,6 +17,7 @@ test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=(224, 168), keep_ratio=True),
     dict(type='LoadAnnotations'),
+    dict(type='CheckSegMap', num_classes=21),
     dict(type='PackSegInputs')
 ]
 train_dataloader = dict(

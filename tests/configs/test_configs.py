@@ -33,9 +33,13 @@ def test_config_builds_its_model(path):
     assert any('.lora_' in n for n, _ in backbone.named_parameters()) == (lora is not None)
     classes = 150 if 'ade20k' in path else 21
     assert model.decode_head.num_classes == classes
-    crop = cfg.train_dataloader.dataset.pipeline[3].get('crop_size')
-    if 'upernet' not in path:  # the mixing examples keep MMSeg's 512 crops
+    crop = next(t['crop_size'] for t in cfg.train_dataloader.dataset.pipeline
+                if t['type'] == 'RandomCrop')
+    if 'upernet' not in path:  # the mixing examples keep MMSeg's pipelines and 512 crops
         assert crop[0] % 14 == 0 and crop[1] % 14 == 0
+        for loader in (cfg.train_dataloader, cfg.test_dataloader):
+            checks = [t for t in loader.dataset.pipeline if t['type'] == 'CheckSegMap']
+            assert [t['num_classes'] for t in checks] == [classes]
     assert 'TrainableParamsHook' in [h['type'] for h in cfg.custom_hooks]
     assert 'WeightsOnlyCheckpointHook' in [h['type'] for h in cfg.custom_hooks]
     assert 'FiniteLossHook' in [h['type'] for h in cfg.custom_hooks]

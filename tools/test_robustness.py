@@ -1,0 +1,275 @@
+"""Test a segmentor on ImageNet-C corruptions of its test set, severity by severity.
+
+    python tools/test_robustness.py CONFIG CHECKPOINT [--corruptions fog snow] [--extra]
+
+Runs the clean test set, then every corruption x severity (default: the 15 ImageNet-C
+corruptions x severities 1-5; ``--extra`` adds the 4 extra ones) with ``ImageCorruption``
+inserted right after ``LoadImageFromFile`` in the config's test pipeline, each with the
+mmengine Runner and the config's evaluator as ``tools/test.py`` does. Writes to the work
+dir (default ``work_dirs/<config>/robustness``; the Runner logs under ``runs/``):
+
+- ``robustness.json`` and ``robustness.csv``: mIoU, aAcc and mAcc of every run;
+- ``robustness.md``: mIoU table (corruptions x severities, means per severity and
+  corruption, mean over all) and relative robustness = mean corrupted mIoU / clean mIoU;
+- ``robustness.png``: mIoU against severity, one line per corruption family, the mean
+  over all and the clean mIoU.
+
+The results are saved after every run: a re-run with the same checkpoint, seed, config
+and options reuses them, so an interrupted sweep goes on where it stopped. Runs on 1
+process or under torchrun (``--launcher pytorch``), on the CPU too.
+"""
+import argparse
+import copy
+import csv
+import io
+import json
+import os
+import os.path as osp
+
+import numpy as np
+from matplotlib.figure import Figure
+from mmengine.config import Config
+from mmengine.dist import broadcast_object_list, is_main_process
+from mmengine.runner import Runner
+
+from dinolora_mmseg.datasets import (CORRUPTION_FAMILIES, CORRUPTIONS, EXTRA_CORRUPTIONS,
+                                     IMAGENET_C_CORRUPTIONS, SEVERITIES)
+from dinolora_mmseg.engine.data_checks import check_dataloaders
+from dinolora_mmseg.engine.launch import add_common_args, load_config, prepare_launch
+
+METRICS = ('mIoU', 'aAcc', 'mAcc')
+FAMILY = {name: family for family, names in CORRUPTION_FAMILIES.items() for name in names}
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(
+        description='Test a segmentor on ImageNet-C corruptions of its test set')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--corruptions', nargs='+', choices=CORRUPTIONS, metavar='NAME',
+                        help='corruptions to test (default: the 15 of ImageNet-C); one of '
+                        + ', '.join(CORRUPTIONS))
+    parser.add_argument('--severities', nargs='+', type=int, choices=SEVERITIES, metavar='N',
+                        default=list(SEVERITIES), help='severities 1-5 (default: all)')
+    parser.add_argument('--extra', action='store_true',
+                        help='add the 4 extra corruptions: ' + ', '.join(EXTRA_CORRUPTIONS))
+    parser.add_argument('--seed', type=int, default=0, help='seed of the corruptions')
+    add_common_args(parser)
+    args = parser.parse_args()
+    corruptions = list(args.corruptions or IMAGENET_C_CORRUPTIONS)
+    corruptions += list(EXTRA_CORRUPTIONS) if args.extra else []
+    args.corruptions = list(dict.fromkeys(corruptions))
+    args.severities = sorted(set(args.severities))
+    return args
+
+
+def corruption_index(pipeline) -> int:
+    """Where ``ImageCorruption`` goes in ``pipeline``: right after ``LoadImageFromFile``."""
+    types = [t['type'] if isinstance(t['type'], str) else t['type'].__name__ for t in pipeline]
+    if 'ImageCorruption' in types:
+        raise ValueError(f'the test pipeline is already corrupted ({types}); pass the config '
+                         'of the clean test set')
+    if 'LoadImageFromFile' not in types:
+        raise ValueError(f'the test pipeline has no LoadImageFromFile step to put '
+                         f'ImageCorruption after: {types}')
+    return types.index('LoadImageFromFile') + 1
+
+
+def run_name(corruption: str, severity: int) -> str:
+    return 'clean' if corruption == 'clean' else f'{corruption}_{severity}'
+
+
+def run_test(cfg: Config, checkpoint: str, work_dir: str, corruption: str, severity: int,
+             seed: int) -> dict:
+    """mIoU, aAcc and mAcc of ``checkpoint`` on the test set of ``cfg``, corrupted unless
+    ``corruption`` is 'clean', with the Runner as ``tools/test.py`` does."""
+    cfg = copy.deepcopy(cfg)
+    name = run_name(corruption, severity)
+    cfg.work_dir = osp.join(work_dir, 'runs', name)
+    cfg.experiment_name = name  # the Runner's logger, hub and visualizer are named by it
+    # Runners are freed by the garbage collector, late: persistent workers would linger
+    # until then and take 5 s each to stop.
+    cfg.test_dataloader.persistent_workers = False
+    if corruption != 'clean':
+        pipeline = cfg.test_dataloader.dataset.pipeline
+        pipeline.insert(corruption_index(pipeline), dict(
+            type='ImageCorruption', corruption=corruption, severity=severity, seed=seed))
+    runner = Runner.from_cfg(cfg)
+    runner.load_checkpoint(checkpoint, map_location='cpu', strict=True)
+    metrics = runner.test()
+    if any(m not in metrics for m in METRICS):
+        raise KeyError(f'the test evaluator gives {sorted(metrics)}; {METRICS} are needed '
+                       "(MMSeg's IoUMetric with iou_metrics=['mIoU'])")
+    return {m: round(float(metrics[m]), 2) for m in METRICS}  # IoUMetric's float32, 2 digits
+
+
+def order(result: dict) -> tuple:
+    corruption = result['corruption']
+    return (-1 if corruption == 'clean' else CORRUPTIONS.index(corruption), result['severity'])
+
+
+def summarize(results: dict, corruptions, severities) -> dict:
+    """Means of the mIoU table and the relative robustness (mean corrupted / clean)."""
+    table = np.array([[results[run_name(c, s)]['mIoU'] for s in severities]
+                      for c in corruptions])
+    clean = results['clean']['mIoU']
+    mean = float(table.mean())
+    return dict(corruptions=list(corruptions), severities=list(severities), clean_mIoU=clean,
+                mean_per_severity={str(s): round(float(v), 2)
+                                   for s, v in zip(severities, table.mean(axis=0))},
+                mean_per_corruption={c: round(float(v), 2)
+                                     for c, v in zip(corruptions, table.mean(axis=1))},
+                mean_mIoU=round(mean, 2),
+                relative_robustness=round(mean / clean, 4) if clean else None)
+
+
+def relative(summary: dict) -> str:
+    rel = summary['relative_robustness']
+    return 'n/a (clean mIoU 0)' if rel is None else f'{rel:.4f}'
+
+
+def markdown(key: dict, results: dict, summary: dict) -> str:
+    severities, corruptions = summary['severities'], summary['corruptions']
+    lines = [f"# Robustness of {osp.basename(key['checkpoint'])} "
+             f"({osp.basename(key['config'])})", '',
+             f"mIoU (%) on the test set with ImageNet-C corruptions (`ImageCorruption`, seed "
+             f"{key['seed']}) at severities {', '.join(map(str, severities))}.", '',
+             '| corruption | family | ' + ' | '.join(map(str, severities)) + ' | mean |',
+             '|---|---|' + '---:|' * (len(severities) + 1)]
+    for c in corruptions:
+        values = [results[run_name(c, s)]['mIoU'] for s in severities]
+        values.append(summary['mean_per_corruption'][c])
+        lines.append(f'| {c} | {FAMILY[c]} | ' + ' | '.join(f'{v:.2f}' for v in values) + ' |')
+    means = [summary['mean_per_severity'][str(s)] for s in severities]
+    lines += ['| **mean** | | ' + ' | '.join(f'{v:.2f}' for v in means)
+              + f" | **{summary['mean_mIoU']:.2f}** |", '',
+              f"Clean mIoU: {summary['clean_mIoU']:.2f}. Mean corrupted mIoU: "
+              f"{summary['mean_mIoU']:.2f}. Relative robustness (mean corrupted / clean): "
+              f'{relative(summary)}.', '']
+    return '\n'.join(lines)
+
+
+def plot(key: dict, results: dict, summary: dict, f) -> None:
+    """Write the PNG of mIoU against severity per family, the mean and the clean mIoU."""
+    severities, clean = summary['severities'], summary['clean_mIoU']
+    fig = Figure(figsize=(7.2, 4))
+    ax = fig.add_subplot()
+    for family, names in CORRUPTION_FAMILIES.items():
+        names = [n for n in summary['corruptions'] if n in names]
+        if names:
+            means = [np.mean([results[run_name(n, s)]['mIoU'] for n in names])
+                     for s in severities]
+            ax.plot(severities, means, marker='o', label=f'{family} ({len(names)})')
+    ax.plot(severities, [summary['mean_per_severity'][str(s)] for s in severities],
+            color='black', linewidth=2.5, marker='s',
+            label=f"mean ({len(summary['corruptions'])})")
+    ax.axhline(clean, color='grey', linestyle='--', label=f'clean ({clean:.2f})')
+    top = max([clean] + [results[run_name(c, s)]['mIoU'] for c in summary['corruptions']
+                         for s in severities])
+    ax.set(xlabel='severity', ylabel='mIoU (%)', xticks=severities, ylim=(0, 1.08 * top + 1),
+           title=f"{osp.basename(key['config'])}: relative robustness {relative(summary)}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize='small', loc='center left', bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    fig.savefig(f, format='png', dpi=100)
+
+
+def save(path: str, write) -> None:
+    """Call ``write(file)`` on a temporary file and move it onto ``path`` unless the
+    content is unchanged (then ``path`` keeps its modification time)."""
+    buffer = io.BytesIO()
+    write(buffer)
+    data = buffer.getvalue()
+    if osp.exists(path):
+        with open(path, 'rb') as old:
+            if old.read() == data:
+                return
+    tmp = f'{path}.{os.getpid()}.tmp'
+    with open(tmp, 'wb') as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def save_results(work_dir: str, key: dict, results: dict, summary=None) -> None:
+    rows = [dict(corruption=r['corruption'], family=FAMILY.get(r['corruption'], 'clean'),
+                 severity=r['severity'], **{m: r[m] for m in METRICS})
+            for r in sorted(results.values(), key=order)]
+    content = dict(key, results=rows, **({} if summary is None else dict(summary=summary)))
+    save(osp.join(work_dir, 'robustness.json'),
+         lambda f: f.write(json.dumps(content, indent=2).encode() + b'\n'))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator='\n')
+    writer.writeheader()
+    writer.writerows(rows)
+    save(osp.join(work_dir, 'robustness.csv'), lambda f: f.write(text.getvalue().encode()))
+
+
+def load_results(work_dir: str, key: dict) -> dict:
+    """The finished runs in ``robustness.json``, by run name, if it is of the same ``key``."""
+    path = osp.join(work_dir, 'robustness.json')
+    if not osp.exists(path):
+        return {}
+    with open(path) as f:
+        content = json.load(f)
+    old = {k: content.get(k) for k in key}
+    if old != key:
+        raise ValueError(f'{path} holds the results of {old}, not of {key}; use another '
+                         '--work-dir or delete it')
+    return {run_name(r['corruption'], r['severity']): r for r in content['results']}
+
+
+def main():
+    args = parse_args()
+    cfg = load_config(args)
+    work_dir = args.work_dir or osp.join(cfg.work_dir, 'robustness')
+    corruption_index(cfg.test_dataloader.dataset.pipeline)  # fail before any run
+    num_images = check_dataloaders(cfg, ['test_dataloader'])['test_dataloader']
+    processes = int(os.environ.get('WORLD_SIZE', 1)) if args.launcher != 'none' else 1
+    if processes > num_images:
+        raise ValueError(f'{processes} processes for {num_images} test images: each process '
+                         'needs at least one; start fewer')
+    cfg.load_from = None  # loaded strictly by run_test
+    prepare_launch(cfg, args.launcher)
+    key = json.loads(json.dumps(dict(  # as it reads back from the JSON file (no tuples)
+        config=osp.abspath(args.config), checkpoint=osp.abspath(args.checkpoint),
+        seed=args.seed, cfg_options=args.cfg_options or {})))
+    main_process = is_main_process()
+    loaded = [None]
+    if main_process:
+        os.makedirs(work_dir, exist_ok=True)
+        try:
+            loaded[0] = load_results(work_dir, key)
+        except ValueError as error:
+            loaded[0] = str(error)
+    broadcast_object_list(loaded)  # every rank runs the same list, or stops
+    if isinstance(loaded[0], str):
+        raise ValueError(loaded[0])
+    results = loaded[0]
+    runs = [('clean', 0)] + [(c, s) for c in args.corruptions for s in args.severities]
+    for i, (corruption, severity) in enumerate(runs, 1):
+        reused = run_name(corruption, severity) in results
+        if not reused:
+            metrics = run_test(cfg, args.checkpoint, work_dir, corruption, severity,
+                               args.seed)
+            results[run_name(corruption, severity)] = dict(
+                corruption=corruption, severity=severity, **metrics)
+            if main_process:
+                save_results(work_dir, key, results)
+        if main_process:
+            label = 'clean' if corruption == 'clean' else f'{corruption} severity {severity}'
+            print(f"[{i}/{len(runs)}] {label}: mIoU "
+                  f"{results[run_name(corruption, severity)]['mIoU']:.2f}"
+                  + (' (reused)' if reused else ''), flush=True)
+    if main_process:
+        summary = summarize(results, args.corruptions, args.severities)
+        save_results(work_dir, key, results, summary)
+        save(osp.join(work_dir, 'robustness.md'),
+             lambda f: f.write(markdown(key, results, summary).encode()))
+        save(osp.join(work_dir, 'robustness.png'), lambda f: plot(key, results, summary, f))
+        print(f"Clean mIoU {summary['clean_mIoU']:.2f}, mean corrupted mIoU "
+              f"{summary['mean_mIoU']:.2f}, relative robustness {relative(summary)}; "
+              f'results in {work_dir}', flush=True)
+
+
+if __name__ == '__main__':
+    main()
