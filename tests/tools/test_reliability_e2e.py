@@ -78,9 +78,12 @@ def test_two_process_training_equals_one_process(voc, tmp_path):
                       "optimizer=dict(type='SGD', lr=0.05, momentum=0.9))",
         param_scheduler='[]',
         default_hooks='dict(checkpoint=dict(interval=3))')
-    with open(config, 'a') as f:
-        f.write(f"train_dataloader = dict(batch_size=4, dataset=dict(pipeline={pipeline}))\n"
-                "model = dict(decode_head=dict(loss_decode=dict(avg_non_ignore=False)))\n")
+    with open(config, 'a') as f:  # replaces the file's own train_dataloader and model lines
+        f.write(f"train_dataloader = dict(batch_size=4, num_workers=0, persistent_workers=False, "
+                f"dataset=dict(data_root='{voc}', pipeline={pipeline}))\n"
+                "model = dict(backbone=dict(arch=dict(_delete_=True, embed_dims=64, "
+                "num_layers=2, num_heads=2), pretrained=None), decode_head=dict("
+                "in_channels=64, loss_decode=dict(avg_non_ignore=False)))\n")
     run_tool(PYTHON, 'tools/train.py', config, '--work-dir', tmp_path / 'one')
     run_tool('bash', 'tools/dist_train.sh', config, 2, '--work-dir', tmp_path / 'two',
              '--cfg-options', 'train_dataloader.batch_size=2',

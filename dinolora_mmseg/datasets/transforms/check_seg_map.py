@@ -10,7 +10,8 @@ class CheckSegMap(BaseTransform):
     """Fail on label values that are neither a class nor the ignore index.
 
     Placed after ``LoadAnnotations`` (after ``reduce_zero_label``, so ADE20k's 0
-    "other" is already 255). Without it, a stray value reaches the loss as an index
+    "other" is already 255). Without a label map (inference pipelines, from which
+    ``MMSegInferencer`` drops ``LoadAnnotations``) there is nothing to check. Without it, a stray value reaches the loss as an index
     error that names no file, or silently skews the metric.
 
     Args:
@@ -23,6 +24,8 @@ class CheckSegMap(BaseTransform):
         self.ignore_index = ignore_index
 
     def transform(self, results: Dict) -> Dict:
+        if 'gt_seg_map' not in results:
+            return results
         values = np.unique(results['gt_seg_map'])
         bad = values[(values >= self.num_classes) & (values != self.ignore_index)]
         if bad.size:
