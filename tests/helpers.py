@@ -1,4 +1,5 @@
 """Shared test helpers: official-layout DINOv2 checkpoints, running the tools."""
+import importlib.util
 import os
 import re
 import socket
@@ -93,6 +94,15 @@ def write_tiny_config(path, base: str, data_root=None, embed_dims: int = 64,
     lines += [f'{k} = {v}' for k, v in extra.items()]
     path.write_text('\n'.join(lines) + '\n')
     return path
+
+
+def load_tool(name: str):
+    """Import ``tools/<name>.py`` (tools/ is not a package) as a module."""
+    spec = importlib.util.spec_from_file_location(f'tool_{name}',
+                                                  os.path.join(ROOT, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def free_port() -> int:

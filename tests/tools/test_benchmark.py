@@ -2,14 +2,13 @@
 
 The parent side runs in this process (``main``); every measurement is a child process.
 """
-import importlib.util
 import json
 import os.path as osp
 import sys
 
 import pytest
 
-from tests.helpers import ROOT, write_tiny_config
+from tests.helpers import ROOT, load_tool, write_tiny_config
 
 FIELDS = ('median_step_s', 'min_step_s', 'max_step_s', 'images_per_s', 'peak_memory_mib',
           'params_total', 'params_trainable', 'flops_per_step', 'achieved_gflops',
@@ -18,11 +17,7 @@ FIELDS = ('median_step_s', 'min_step_s', 'max_step_s', 'images_per_s', 'peak_mem
 
 @pytest.fixture(scope='module')
 def benchmark():
-    spec = importlib.util.spec_from_file_location('benchmark',
-                                                  osp.join(ROOT, 'tools', 'benchmark.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('benchmark')
 
 
 @pytest.fixture(scope='module')

@@ -1,5 +1,4 @@
 """tools/infer.py: overlays of the predictions of a briefly trained tiny model."""
-import importlib.util
 import os.path as osp
 
 import mmcv
@@ -7,14 +6,7 @@ import numpy as np
 import pytest
 from mmseg.datasets import PascalVOCDataset
 
-from tests.helpers import PYTHON, ROOT, run_tool, write_tiny_config
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location('infer', osp.join(ROOT, 'tools', 'infer.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import PYTHON, ROOT, load_tool, run_tool, write_tiny_config
 
 
 @pytest.fixture(scope='module')
@@ -53,7 +45,7 @@ def test_overlays_paint_the_palette_over_each_image(trained):
 
 
 def test_missing_image_writes_nothing(trained):
-    tool = load_tool()
+    tool = load_tool('infer')
     out = trained['root'] / 'overlays' / 'run2'
     missing = trained['root'] / 'missing.jpg'
     with pytest.raises(FileNotFoundError, match=f'Image not found: {missing}'):

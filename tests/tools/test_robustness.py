@@ -3,27 +3,18 @@ import csv
 import json
 import os
 import re
-import importlib.util
-import os.path as osp
 
 import pytest
 
-from tests.helpers import PYTHON, ROOT, free_port, logged_metrics, run_tool, write_tiny_config
+from tests.helpers import (PYTHON, ROOT, free_port, load_tool, logged_metrics, run_tool,
+                           write_tiny_config)
 
 CORRUPTIONS = ('gaussian_noise', 'fog')
 SEVERITIES = (1, 5)
 FILES = ('robustness.json', 'robustness.csv', 'robustness.md', 'robustness.png')
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location(
-        'test_robustness_tool', osp.join(ROOT, 'tools', 'test_robustness.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = load_tool()
+tool = load_tool('test_robustness')
 
 
 def sweep(config, checkpoint, work_dir, *options, **kwargs):

@@ -1,5 +1,4 @@
 """tools/visualize_pca.py on photos of ``skimage.data``, with tiny random DINOv2s."""
-import importlib.util
 import os.path as osp
 import sys
 
@@ -11,21 +10,14 @@ from mmseg.apis import init_model
 from skimage import data
 
 from dinolora_mmseg.models.lora import lora_layers
-from tests.helpers import PYTHON, ROOT, official_state_dict, run_tool, write_tiny_config
+from tests.helpers import (PYTHON, ROOT, load_tool, official_state_dict, run_tool,
+                           write_tiny_config)
 
 PHOTOS = ('astronaut', 'chelsea', 'coffee', 'rocket')
 TINY = dict(embed_dims=64, num_layers=2, num_heads=2)
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location(
-        'visualize_pca', osp.join(ROOT, 'tools', 'visualize_pca.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = load_tool()
+tool = load_tool('visualize_pca')
 
 
 @pytest.fixture(scope='module')
