@@ -96,6 +96,13 @@ def write_tiny_config(path, base: str, data_root=None, embed_dims: int = 64,
     return path
 
 
+def make_demo_voc(root, num_train: int, num_val: int):
+    """Demo data in the Pascal VOC layout under ``root``; returns its VOC2012 folder."""
+    run_tool(PYTHON, 'tools/make_demo_data.py', root, '--format', 'voc', '--num-train',
+             num_train, '--num-val', num_val)
+    return root / 'VOCdevkit' / 'VOC2012'
+
+
 def load_tool(name: str):
     """Import ``tools/<name>.py`` (tools/ is not a package) as a module."""
     spec = importlib.util.spec_from_file_location(f'tool_{name}',

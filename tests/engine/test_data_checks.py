@@ -4,15 +4,12 @@ import pytest
 from mmengine.config import Config
 
 from dinolora_mmseg.engine.data_checks import check_dataloaders, check_dataset
-from tests.helpers import PYTHON, ROOT, run_tool
+from tests.helpers import ROOT, make_demo_voc
 
 
 @pytest.fixture
 def voc(tmp_path_factory):
-    root = tmp_path_factory.mktemp('checks')
-    run_tool(PYTHON, 'tools/make_demo_data.py', root, '--format', 'voc', '--num-train', 3,
-             '--num-val', 2)
-    return root / 'VOCdevkit' / 'VOC2012'
+    return make_demo_voc(tmp_path_factory.mktemp('checks'), num_train=3, num_val=2)
 
 
 def dataset_cfg(voc):

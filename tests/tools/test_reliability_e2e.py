@@ -12,17 +12,14 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
-from tests.helpers import PYTHON, ROOT, free_port, run_tool, write_tiny_config
+from tests.helpers import PYTHON, ROOT, free_port, make_demo_voc, run_tool, write_tiny_config
 
 DEMO = osp.join(ROOT, 'configs/demo/dinov2_lora_voc_demo.py')
 
 
 @pytest.fixture(scope='module')
 def voc(tmp_path_factory):
-    root = tmp_path_factory.mktemp('reliability')
-    run_tool(PYTHON, 'tools/make_demo_data.py', root, '--format', 'voc', '--num-train', 8,
-             '--num-val', 2)
-    return root / 'VOCdevkit' / 'VOC2012'
+    return make_demo_voc(tmp_path_factory.mktemp('reliability'), num_train=8, num_val=2)
 
 
 def trainable(checkpoint):
