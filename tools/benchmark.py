@@ -33,7 +33,6 @@ import tempfile
 import time
 from contextlib import nullcontext
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -51,7 +50,7 @@ from torch.utils.flop_counter import (FlopCounterMode, sdpa_backward_flop_count,
 from dinolora_mmseg.models import merge_lora
 from dinolora_mmseg.models.lora import lora_layers
 from dinolora_mmseg.models.utils.dinov2_layers import Attention
-from dinolora_mmseg.utils.weights import is_url
+from dinolora_mmseg.utils.weights import hub_cache_path, is_url
 
 REFERENCES = ('timm-peft', 'naive-attention')
 TIMM_NAMES = dict(small='vit_small_patch14', base='vit_base_patch14',
@@ -103,10 +102,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def weights_available(path: str) -> bool:
     """Whether ``path`` (a file, or a URL already in the torch hub cache) is here."""
-    if is_url(path):
-        filename = os.path.basename(urlparse(path).path)
-        path = os.path.join(torch.hub.get_dir(), 'checkpoints', filename)
-    return os.path.isfile(path)
+    return os.path.isfile(hub_cache_path(path) if is_url(path) else path)
 
 
 def load_config(args: argparse.Namespace) -> Tuple[Config, List[str]]:

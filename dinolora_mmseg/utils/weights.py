@@ -16,6 +16,11 @@ def is_url(path: str) -> bool:
     return urlparse(str(path)).scheme in ('http', 'https')
 
 
+def hub_cache_path(url: str) -> str:
+    """Where the torch hub cache keeps (or would keep) the file at ``url``."""
+    return os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(urlparse(url).path))
+
+
 def cached_download(url: str) -> str:
     """Path of ``url`` in the torch hub cache, downloading it there if missing.
 
@@ -26,8 +31,7 @@ def cached_download(url: str) -> str:
         FileNotFoundError: The file is not cached and cannot be downloaded; the
             message says where to put it.
     """
-    filename = os.path.basename(urlparse(url).path)
-    cached = os.path.join(torch.hub.get_dir(), 'checkpoints', filename)
+    cached = hub_cache_path(url)
     if not os.path.isfile(cached):
         os.makedirs(os.path.dirname(cached), exist_ok=True)
         try:
