@@ -10,9 +10,10 @@ class CheckSegMap(BaseTransform):
     """Fail on label values that are neither a class nor the ignore index.
 
     Placed after ``LoadAnnotations`` (after ``reduce_zero_label``, so ADE20k's 0
-    "other" is already 255). Without a label map (inference pipelines, from which
-    ``MMSegInferencer`` drops ``LoadAnnotations``) there is nothing to check. Without it, a stray value reaches the loss as an index
-    error that names no file, or silently skews the metric.
+    "other" is already 255). Without this check a stray value reaches the loss as an
+    index error that names no file, or silently skews the metric. Samples without a
+    label map (inference pipelines, from which ``MMSegInferencer`` drops
+    ``LoadAnnotations``) pass unchecked.
 
     Args:
         num_classes (int): Valid labels are ``0 .. num_classes - 1``.
