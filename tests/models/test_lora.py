@@ -46,13 +46,54 @@ def test_qkv_targets_change_only_their_rows(target, rows):
     assert torch.equal(delta[:, ~inside], torch.zeros_like(delta[:, ~inside]))
 
 
-def test_update_is_alpha_over_rank_times_b_a():
-    layer = LoRALinear(6, 4, {'all': (0, 4)}, rank=2, alpha=8)
+@pytest.mark.parametrize('grad', [True, False], ids=['training-path', 'inference-path'])
+def test_update_is_alpha_over_rank_times_b_a(grad):
+    """Both forward paths (the update added to the output while autograd records,
+    folded into the weight under ``no_grad``) compute the LoRA formula, on 3-D inputs
+    and with two parts writing to rows of their own."""
+    layer = LoRALinear(6, 7, {'p': (0, 3), 'r': (4, 7)}, rank=2, alpha=8)
     randomise_adapters(nn.ModuleDict({'x': layer}))
-    x = torch.randn(3, 6)
-    update = (x @ layer.lora_A['all'].T) @ layer.lora_B['all'].T
+    x = torch.randn(2, 3, 6)
+    update = torch.zeros(2, 3, 7)
+    for name, (start, end) in layer.parts.items():
+        update[..., start:end] = (x @ layer.lora_A[name].T) @ layer.lora_B[name].T
     expected = x @ layer.weight.T + layer.bias + 4.0 * update
-    assert torch.allclose(layer(x), expected, atol=1e-6)
+    with torch.set_grad_enabled(grad):
+        out = layer(x)
+    assert out.shape == (2, 3, 7)
+    assert (out - expected).abs().max() < 1e-6
+
+
+def test_training_path_gradients_match_the_formula():
+    layer = LoRALinear(6, 7, {'p': (0, 3), 'r': (4, 7)}, rank=2, alpha=8)
+    randomise_adapters(nn.ModuleDict({'x': layer}))
+    x = torch.randn(2, 3, 6, requires_grad=True)
+    weights = torch.randn(2, 3, 7)
+    trainable = [x, *layer.lora_A.values(), *layer.lora_B.values()]
+
+    (layer(x) * weights).sum().backward()
+    ours = [t.grad.clone() for t in trainable]
+    for t in trainable:
+        t.grad = None
+    update = sum(nn.functional.pad((x @ layer.lora_A[name].T) @ layer.lora_B[name].T,
+                                   (start, 7 - end))
+                 for name, (start, end) in layer.parts.items())
+    ((x @ layer.weight.T + layer.bias + 4.0 * update) * weights).sum().backward()
+    for mine, reference in zip(ours, (t.grad for t in trainable)):
+        assert reference.abs().max() > 0
+        assert (mine - reference).abs().max() < 1e-5
+
+
+def test_adapter_dropout_still_drops_without_autograd():
+    """The folded inference path is taken only when dropout is inactive."""
+    layer = LoRALinear(64, 64, {'all': (0, 64)}, rank=4, dropout=0.5)
+    randomise_adapters(nn.ModuleDict({'x': layer}))
+    x = torch.randn(8, 64)
+    with torch.no_grad():
+        layer.eval()
+        assert torch.equal(layer(x), layer(x))
+        layer.train()
+        assert not torch.allclose(layer(x), layer(x))
 
 
 @pytest.mark.parametrize('seed', range(5))
