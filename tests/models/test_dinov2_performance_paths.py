@@ -12,8 +12,10 @@ from mmengine.registry import init_default_scope
 from mmengine.structures import PixelData
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from dinolora_mmseg.models import DINOv2
+from dinolora_mmseg.models.backbones.dinov2 import ATTENTION_OPS
 from tests.helpers import ROOT, TINY, write_tiny_config
 
 # Relative error (L2 norm) of the trainable-gradient vector of a bfloat16-autocast step
@@ -45,7 +47,22 @@ def lora_and_input_grads(model, x, weights):
     return {'input': x.grad, **{n: p.grad for n, p in model.named_parameters() if p.requires_grad}}
 
 
+class CountKernels(TorchDispatchMode):
+    """Counts the attention and matrix-product kernels that actually run."""
+
+    def __init__(self):
+        super().__init__()
+        self.attention = self.matmul = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.attention += func in ATTENTION_OPS
+        self.matmul += func.overloadpacket in (torch.ops.aten.addmm, torch.ops.aten.mm)
+        return func(*args, **(kwargs or {}))
+
+
 def test_activation_checkpointing_gives_the_same_gradients():
+    """Checkpointed blocks recompute their linear layers in the backward pass but
+    not attention, whose outputs they keep; the gradients are those of the plain run."""
     model = DINOv2(arch=TINY, num_register_tokens=4,
                    lora=dict(rank=3, alpha=3, targets=('q', 'v'))).train()
     randomise_trainable(model)
@@ -53,11 +70,16 @@ def test_activation_checkpointing_gives_the_same_gradients():
     model.blocks[0].register_forward_pre_hook(lambda *_: calls.append(1))
     x = torch.randn(2, 3, 56, 42)
     weights = torch.randn(2, 64, 4, 3)
-    plain = lora_and_input_grads(model, x, weights)
+    with CountKernels() as plain_kernels:
+        plain = lora_and_input_grads(model, x, weights)
     assert len(calls) == 1
     model.with_cp = True
-    checkpointed = lora_and_input_grads(model, x, weights)
+    with CountKernels() as checkpointed_kernels:
+        checkpointed = lora_and_input_grads(model, x, weights)
     assert len(calls) == 3  # the block ran again in the backward pass
+    assert plain_kernels.attention == checkpointed_kernels.attention == TINY['num_layers']
+    # 4 linear layers + 1 adapter product per block run again.
+    assert checkpointed_kernels.matmul - plain_kernels.matmul == 5 * TINY['num_layers']
     assert plain.keys() == checkpointed.keys() and len(plain) == 1 + 4 * TINY['num_layers']
     for name, grad in plain.items():
         assert grad.abs().max() > 0, name

@@ -1,5 +1,6 @@
 import logging
 import math
+from functools import partial
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
@@ -8,13 +9,29 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import (CheckpointPolicy, checkpoint,
+                                    create_selective_checkpoint_contexts)
 
 from ...utils.weights import load_weights
 from ..lora import add_lora, merge_lora, train_adapters_only, unmerge_lora
 from ..utils.dinov2_layers import Block, PatchEmbed
 
 OFFICIAL_URL = 'https://dl.fbaipublicfiles.com/dinov2/dinov2_vit{s}14/dinov2_vit{s}14{reg}_pretrain.pth'
+
+# Attention kernels whose outputs activation checkpointing keeps: attention is the
+# costliest part of a block to recompute (most of it at high resolution) and its
+# output is one token-width tensor, a small part of what a block holds for backward.
+ATTENTION_OPS = frozenset(
+    getattr(torch.ops.aten, name).default for name in (
+        '_scaled_dot_product_flash_attention_for_cpu', '_scaled_dot_product_flash_attention',
+        '_scaled_dot_product_efficient_attention', '_scaled_dot_product_cudnn_attention')
+    if hasattr(torch.ops.aten, name))
+
+
+def _keep_attention(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    """Selective checkpointing policy: save attention outputs, recompute the rest."""
+    return (CheckpointPolicy.MUST_SAVE if op in ATTENTION_OPS
+            else CheckpointPolicy.PREFER_RECOMPUTE)
 
 
 @MODELS.register_module()
@@ -60,7 +77,9 @@ class DINOv2(BaseModule):
         lora (dict, optional): LoRA adapters: ``rank``, ``alpha``, ``dropout``,
             ``targets`` (any of ``'q'``, ``'k'``, ``'v'``, ``'qkv'``, ``'proj'``,
             ``'fc1'``, ``'fc2'``) and ``layers`` (block indices, default all).
-        with_cp (bool): Activation checkpointing of each block while training.
+        with_cp (bool): Activation checkpointing of each block while training: a
+            block keeps its input and its attention output for the backward pass and
+            recomputes the rest (linear layers, norms, activations).
         init_cfg (dict, optional): MMEngine initialisation config.
     """
 
@@ -293,7 +312,9 @@ class DINOv2(BaseModule):
         first_patch = 1 + self.num_register_tokens
         for index, block in enumerate(self.blocks):
             if self.with_cp and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, x, use_reentrant=False,
+                               context_fn=partial(create_selective_checkpoint_contexts,
+                                                  _keep_attention))
             else:
                 x = block(x)
             if index in self.out_indices:
