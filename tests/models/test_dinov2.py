@@ -141,6 +141,20 @@ def test_out_indices_order_and_shapes():
     assert torch.equal(model(x)[0], first) and torch.equal(model(x)[1], middle)
 
 
+def test_blocks_after_the_last_output_do_not_run():
+    model = DINOv2(arch=TINY, out_indices=(0, 1, 2)).eval()
+    ran = []
+    for index, block in enumerate(model.blocks):
+        block.register_forward_pre_hook(lambda *_, index=index: ran.append(index))
+    x = torch.randn(1, 3, 42, 56)
+    everything = model(x)
+    assert ran == [0, 1, 2]
+    ran.clear()
+    model.out_indices = (1, 0)
+    assert torch.equal(model(x)[0], everything[1]) and torch.equal(model(x)[1], everything[0])
+    assert ran == [0, 1] * 2
+
+
 @pytest.mark.parametrize('bad', [3, -4, (0, 5)])
 def test_out_indices_outside_depth(bad):
     with pytest.raises(ValueError, match='outside the 3 blocks'):
