@@ -2,7 +2,7 @@
 
     python tools/benchmark.py CONFIG --mode {train,infer} --batch-size B --img-size H W \
         [--amp] [--with-cp] [--merge-lora] [--iters N] [--warmup N] [--rounds R] \
-        [--reference {timm-peft,naive-attention}] [--json OUT] [--cfg-options ...]
+        [--reference {timm-peft,naive-attention,no-lora}] [--json OUT] [--cfg-options ...]
 
 The model of CONFIG (random backbone weights when its ``pretrained`` file is not
 here) runs on random inputs in a fresh child process per measurement (this script with
@@ -21,9 +21,12 @@ measured in the same run.
 with ours in each of ``--rounds`` rounds (ours, reference, ours, reference, ...):
 ``timm-peft`` is timm's DINOv2 with HF peft LoRA on the fused ``qkv`` and a 1x1-conv
 head; ``naive-attention`` is our model with attention as the materialised
-softmax(QK^T / sqrt(d)) V. Ratios are reference / ours.
+softmax(QK^T / sqrt(d)) V; ``no-lora`` is our model without its LoRA adapters (the
+plain backbone that ``--merge-lora`` inference should cost the same as). Ratios are
+reference / ours.
 """
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -52,7 +55,7 @@ from dinolora_mmseg.models.lora import lora_layers
 from dinolora_mmseg.models.utils.dinov2_layers import Attention
 from dinolora_mmseg.utils.weights import hub_cache_path, is_url
 
-REFERENCES = ('timm-peft', 'naive-attention')
+REFERENCES = ('timm-peft', 'naive-attention', 'no-lora')
 TIMM_NAMES = dict(small='vit_small_patch14', base='vit_base_patch14',
                   large='vit_large_patch14', giant='vit_giant_patch14')
 
@@ -127,8 +130,8 @@ def check_reference(cfg: Config, args: argparse.Namespace) -> List[str]:
 
     Raises:
         ImportError: ``timm-peft`` without the ``timm`` or ``peft`` package.
-        ValueError: The backbone is not DINOv2, or timm-peft without LoRA or with an
-            image size that is not a multiple of the patch size.
+        ValueError: The backbone is not DINOv2, timm-peft or no-lora without LoRA, or
+            timm-peft with an image size that is not a multiple of the patch size.
     """
     backbone = cfg.model.backbone
     if backbone.type != 'DINOv2':
@@ -137,11 +140,13 @@ def check_reference(cfg: Config, args: argparse.Namespace) -> List[str]:
     if args.reference == 'naive-attention':
         return ['naive-attention: our model with softmax(QK^T/sqrt(d))V materialised '
                 'instead of F.scaled_dot_product_attention']
-    import_timm_peft()
     lora = backbone.get('lora')
     if not lora:
-        raise ValueError('--reference timm-peft compares LoRA implementations; '
+        raise ValueError(f'--reference {args.reference} compares against LoRA adapters; '
                          f'{args.config} has no model.backbone.lora')
+    if args.reference == 'no-lora':
+        return ['no-lora: our model without model.backbone.lora']
+    import_timm_peft()
     patch = backbone.get('patch_size', 14)
     if any(side % patch for side in args.img_size):
         raise ValueError(f'--reference timm-peft needs --img-size multiples of {patch} '
@@ -239,7 +244,8 @@ def build_workload(cfg: Config, variant: str, mode: str, batch_size: int,
     Args:
         cfg (Config): Config of our model (the references are built to match it).
         variant (str): ``'ours'`` or one of :data:`REFERENCES` (``naive-attention``
-            expects ``Attention.forward`` already patched).
+            expects ``Attention.forward`` already patched; ``no-lora`` ignores
+            ``merge``).
         mode (str): ``'train'`` or ``'infer'``.
         batch_size (int): Images per step.
         img_size (Sequence[int]): ``(H, W)`` of the inputs.
@@ -252,7 +258,11 @@ def build_workload(cfg: Config, variant: str, mode: str, batch_size: int,
         model = build_timm_peft(cfg, img_size)
     else:
         init_default_scope(cfg.get('default_scope', 'mmseg'))
-        model = MODELS.build(cfg.model)
+        model_cfg = copy.deepcopy(cfg.model)
+        if variant == 'no-lora':
+            model_cfg.backbone.lora = None
+            merge = False
+        model = MODELS.build(model_cfg)
     params = list(model.parameters())
     params_total = sum(p.numel() for p in params)
     params_trainable = sum(p.numel() for p in params if p.requires_grad)

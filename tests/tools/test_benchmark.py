@@ -67,10 +67,15 @@ def test_train_report_and_naive_attention_reference(benchmark, config, tmp_path)
     assert 1 < ours['flops_per_step'] / naive['flops_per_step'] < 1.05
 
 
-def test_infer_with_merged_lora(benchmark, config, tmp_path):
-    report = run(benchmark, config, tmp_path, 'infer', '--merge-lora')
-    assert report['merge_lora'] and 'reference' not in report
+def test_merged_lora_inference_against_the_plain_backbone(benchmark, config, tmp_path):
+    report = run(benchmark, config, tmp_path, 'infer', '--merge-lora', '--reference', 'no-lora')
+    assert report['merge_lora']
     check_variant(report['ours'])
+    check_reference(report, 'no-lora')
+    ours, plain = report['ours'], report['reference']
+    # Merged, the adapters cost nothing: same FLOPs as the model built without them.
+    assert ours['flops_per_step'] == plain['flops_per_step']
+    assert ours['params_total'] > plain['params_total']
 
 
 def test_amp_and_activation_checkpointing_run(benchmark, config, tmp_path):
@@ -92,6 +97,9 @@ def test_clear_errors(benchmark, config, monkeypatch):
     common = [str(config), '--batch-size', '1', '--img-size', '50', '56']
     with pytest.raises(SystemExit):
         benchmark.parse_args(common + ['--mode', 'train', '--merge-lora'])
+    with pytest.raises(ValueError, match='has no model.backbone.lora'):
+        benchmark.main(common + ['--mode', 'infer', '--reference', 'no-lora',
+                                 '--cfg-options', 'model.backbone.lora=None'])
     with pytest.raises(ValueError, match='multiples of 14'):
         benchmark.main(common + ['--mode', 'infer', '--reference', 'timm-peft'])
     monkeypatch.setitem(sys.modules, 'peft', None)
