@@ -77,9 +77,9 @@ class DINOv2(BaseModule):
         lora (dict, optional): LoRA adapters: ``rank``, ``alpha``, ``dropout``,
             ``targets`` (any of ``'q'``, ``'k'``, ``'v'``, ``'qkv'``, ``'proj'``,
             ``'fc1'``, ``'fc2'``) and ``layers`` (block indices, default all).
-        with_cp (bool): Activation checkpointing while training: each block but the
-            last keeps its input and its attention output for the backward pass and
-            recomputes the rest (linear layers, norms, activations).
+        with_cp (bool): Activation checkpointing while training: each block keeps
+            its input and its attention output for the backward pass and recomputes
+            the rest (linear layers, norms, activations).
         init_cfg (dict, optional): MMEngine initialisation config.
     """
 
@@ -310,13 +310,10 @@ class DINOv2(BaseModule):
             x = torch.cat([x[:, :1], self.register_tokens.expand(B, -1, -1), x[:, 1:]], dim=1)
         features = {}
         first_patch = 1 + self.num_register_tokens
-        # Blocks after the last output are not run. With checkpointing, the last block
-        # run keeps its activations: the backward pass needs them first, so
-        # recomputing them would cost time without lowering the peak.
-        last = max(self.out_indices)
+        # Blocks after the last output cannot change the outputs and are not run.
         checkpointed = self.with_cp and self.training and torch.is_grad_enabled()
-        for index, block in enumerate(self.blocks[:last + 1]):
-            if checkpointed and index < last:
+        for index, block in enumerate(self.blocks[:max(self.out_indices) + 1]):
+            if checkpointed:
                 x = checkpoint(block, x, use_reentrant=False,
                                context_fn=partial(create_selective_checkpoint_contexts,
                                                   _keep_attention))
