@@ -2,6 +2,7 @@
 
     python tools/benchmark.py CONFIG --mode {train,infer} --batch-size B --img-size H W \
         [--amp] [--with-cp] [--merge-lora] [--iters N] [--warmup N] [--rounds R] \
+        [--memory-steps N] \
         [--reference {timm-peft,naive-attention,no-lora}] [--json OUT] [--cfg-options ...]
 
 The model of CONFIG (random backbone weights when its ``pretrained`` file is not
@@ -11,8 +12,10 @@ loss, backward, the config's optimizer step; only trainable parameters get gradi
 and optimizer state), ``infer`` a ``torch.no_grad()`` forward to full-size logits.
 
 Reported: median, min/max and IQR of the step time over ``--iters`` timed steps after
-``--warmup`` steps, images/s, peak memory (on a GPU ``max_memory_allocated``; on the
-CPU the growth of the child's peak RSS over the built model), parameter counts, the
+``--warmup`` steps, images/s, peak memory (on a GPU ``max_memory_allocated`` over the
+timed steps; on the CPU, after them, the growth of the child's peak RSS during
+``--memory-steps`` more steps over its RSS between steps, with glibc made to return
+freed blocks to the system so that RSS follows the live tensors), parameter counts, the
 FLOPs of one step as ``FlopCounterMode`` counts them (matmuls, convolutions,
 attention; backward included) and their share of this machine's matrix-multiply rate,
 measured in the same run.
@@ -27,6 +30,7 @@ reference / ours.
 """
 import argparse
 import copy
+import ctypes
 import json
 import os
 import statistics
@@ -56,6 +60,7 @@ from dinolora_mmseg.models.utils.dinov2_layers import Attention
 from dinolora_mmseg.utils.weights import hub_cache_path, is_url
 
 REFERENCES = ('timm-peft', 'naive-attention', 'no-lora')
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 TIMM_NAMES = dict(small='vit_small_patch14', base='vit_base_patch14',
                   large='vit_large_patch14', giant='vit_giant_patch14')
 
@@ -73,6 +78,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='fold the LoRA adapters into the weights first (infer only)')
     parser.add_argument('--iters', type=int, default=10, help='timed steps per round')
     parser.add_argument('--warmup', type=int, default=3, help='untimed steps before them')
+    parser.add_argument('--memory-steps', type=int, default=2,
+                        help='steps that measure peak memory on the CPU, after the timed ones')
     parser.add_argument('--rounds', type=int, default=2,
                         help='measurement rounds, each a fresh process per variant')
     parser.add_argument('--reference', choices=REFERENCES,
@@ -90,7 +97,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--worker-flops', action='store_true', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     numbers = dict(batch_size=args.batch_size, iters=args.iters, rounds=args.rounds,
-                   img_size=min(args.img_size))
+                   img_size=min(args.img_size), memory_steps=args.memory_steps)
     if args.matmul_size is not None:
         numbers['matmul_size'] = args.matmul_size
     for name, value in numbers.items():
@@ -394,6 +401,26 @@ def reset_peak_rss() -> int:
     return proc_status_bytes('VmRSS')
 
 
+def release_freed_memory() -> None:
+    """Make glibc hand freed memory back to the system now and from now on.
+
+    Blocks of 128 KiB and more are mapped and unmapped one by one (a fixed
+    ``M_MMAP_THRESHOLD`` instead of the dynamic one that moves large blocks into the
+    heap, where freed memory stays resident), and free heap memory is trimmed. The
+    peak RSS then follows the peak of live tensors instead of the heap's history.
+
+    Raises:
+        OSError: The C library is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
+    except (OSError, AttributeError) as error:
+        raise OSError(f'Peak memory on the CPU needs glibc ({error})') from error
+    mallopt(M_MMAP_THRESHOLD, 128 * 1024)
+    malloc_trim(0)
+
+
 def run_worker(args: argparse.Namespace) -> Dict:
     """One measurement of ``args.worker`` in this process (the child's side)."""
     if args.worker == 'naive-attention':
@@ -405,13 +432,17 @@ def run_worker(args: argparse.Namespace) -> Dict:
     if device.type == 'cuda':
         synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-        built = torch.cuda.memory_allocated(device)
+        baseline = torch.cuda.memory_allocated(device)
+        times = time_steps(workload.step, args.iters, args.warmup, device)
+        peak = torch.cuda.max_memory_allocated(device)
     else:
-        built = reset_peak_rss()
-    times = time_steps(workload.step, args.iters, args.warmup, device)
-    peak = (torch.cuda.max_memory_allocated(device) if device.type == 'cuda'
-            else proc_status_bytes('VmHWM') - built)
-    return dict(step_times_s=times, peak_memory_bytes=peak, built_memory_bytes=built,
+        times = time_steps(workload.step, args.iters, args.warmup, device)
+        release_freed_memory()
+        baseline = reset_peak_rss()
+        for _ in range(args.memory_steps):
+            workload.step()
+        peak = proc_status_bytes('VmHWM') - baseline
+    return dict(step_times_s=times, peak_memory_bytes=peak, baseline_memory_bytes=baseline,
                 params_total=workload.params_total,
                 params_trainable=workload.params_trainable,
                 flops_per_step=count_flops(workload.step) if args.worker_flops else None,
@@ -447,7 +478,7 @@ def summarise(runs: List[Dict], batch_size: int, matmul_gflops: float) -> Dict:
     return dict(median_step_s=median, min_step_s=min(times), max_step_s=max(times),
                 iqr_step_s=float(q3 - q1), images_per_s=batch_size / median,
                 peak_memory_mib=max(run['peak_memory_bytes'] for run in runs) / 2**20,
-                built_memory_mib=runs[0]['built_memory_bytes'] / 2**20,
+                baseline_memory_mib=runs[0]['baseline_memory_bytes'] / 2**20,
                 params_total=runs[0]['params_total'],
                 params_trainable=runs[0]['params_trainable'],
                 flops_per_step=flops, achieved_gflops=achieved,
@@ -525,6 +556,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[Dict]:
         config=args.config, mode=args.mode, batch_size=args.batch_size,
         img_size=list(args.img_size), amp=args.amp, with_cp=args.with_cp,
         merge_lora=args.merge_lora, iters=args.iters, warmup=args.warmup, rounds=args.rounds,
+        memory_steps=args.memory_steps,
         device=device.type, torch=torch.__version__,
         device_name=(torch.cuda.get_device_name(device) if device.type == 'cuda'
                      else cpu_model()),
@@ -532,8 +564,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[Dict]:
         matmul_dtype=str(dtype).replace('torch.', ''), matmul_size=size, matmul_gflops=rate,
         memory_measure=('torch.cuda.max_memory_allocated during the steps (weights included)'
                         if device.type == 'cuda' else
-                        'growth of the peak RSS (VmHWM) of a fresh process over its RSS '
-                        'with the model built'),
+                        f'growth of the peak RSS (VmHWM) during {args.memory_steps} more '
+                        'step(s) over the RSS between steps, freed memory returned to the '
+                        'system'),
         notes=notes, ours=summarise(runs['ours'], args.batch_size, rate))
     if args.reference:
         ours = report['ours']

@@ -4,6 +4,7 @@ The parent side runs in this process (``main``); every measurement is a child pr
 """
 import json
 import os.path as osp
+import subprocess
 import sys
 
 import pytest
@@ -105,3 +106,31 @@ def test_clear_errors(benchmark, config, monkeypatch):
     monkeypatch.setitem(sys.modules, 'peft', None)
     with pytest.raises(ImportError, match="needs the package 'peft'"):
         benchmark.main(common + ['--mode', 'infer', '--reference', 'timm-peft'])
+
+
+FREED_BLOCK = """
+import torch
+from tests.helpers import load_tool
+benchmark = load_tool('benchmark')
+for _ in range(3):  # glibc's dynamic threshold now keeps 16 MiB blocks in the heap
+    blocks = [torch.ones(2**22) for _ in range(4)]
+    del blocks
+if {release}:
+    benchmark.release_freed_memory()
+start = benchmark.reset_peak_rss()
+tensor = torch.ones(2**22)
+del tensor
+print((benchmark.proc_status_bytes('VmHWM') - start) / 2**20,
+      (benchmark.proc_status_bytes('VmRSS') - start) / 2**20)
+"""
+
+
+@pytest.mark.parametrize('release', [True, False])
+def test_cpu_peak_memory_follows_live_tensors(release):
+    """With freed memory released, a new 16 MiB tensor shows in the peak RSS and leaves
+    the RSS when freed. Without, the heap either reuses resident freed memory for it
+    (the peak misses it) or keeps it resident after it is freed."""
+    result = subprocess.run([sys.executable, '-c', FREED_BLOCK.format(release=release)],
+                            cwd=ROOT, capture_output=True, text=True, check=True)
+    peak, after = map(float, result.stdout.split())
+    assert (15 < peak < 17 and after < 1) == release, (peak, after)
