@@ -2,6 +2,7 @@
 MMSeg's tools do, and the settings that let MMEngine run multi-process jobs on
 machines without CUDA."""
 import argparse
+import atexit
 import os
 import os.path as osp
 from datetime import timedelta
@@ -47,14 +48,21 @@ def _replace_sync_bn(node):
             _replace_sync_bn(value)
 
 
+def _destroy_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def prepare_launch(cfg: Config, launcher: str) -> Config:
     """Adapt ``cfg`` to the machine before the Runner is built.
 
     On a machine without CUDA, ``SyncBN`` becomes ``BN`` (SyncBN needs CUDA) and, for
     ``--launcher pytorch`` (torchrun), the process group is created here with the gloo
     backend and the model is wrapped without ``device_ids``: MMEngine's own
-    ``init_dist`` calls ``torch.cuda.set_device`` and cannot do this. With CUDA the
-    config is left as it is.
+    ``init_dist`` calls ``torch.cuda.set_device`` and cannot do this. That group is
+    destroyed at exit while the interpreter is still whole: left to the interpreter's
+    teardown, gloo's threads can abort the finished process ("terminate called without
+    an active exception"). With CUDA the config is left as it is.
 
     Args:
         cfg (Config): The loaded config; modified in place and returned.
@@ -73,6 +81,7 @@ def prepare_launch(cfg: Config, launcher: str) -> Config:
     timeout = dist_cfg.get('timeout', int(os.environ.get('DINOLORA_DIST_TIMEOUT', 600)))
     if not dist.is_initialized():
         dist.init_process_group('gloo', timeout=timedelta(seconds=timeout))
+        atexit.register(_destroy_process_group)
     cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
     wrapper = cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel')
     wrapper['device_ids'] = None

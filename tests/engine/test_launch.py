@@ -1,0 +1,32 @@
+"""prepare_launch on a machine without CUDA (the CI machines have none)."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.helpers import ROOT, free_port
+
+EXIT_CHECK = """
+import atexit
+import torch.distributed as dist
+from mmengine.config import Config
+from dinolora_mmseg.engine.launch import prepare_launch
+# Registered first, so it runs after the handlers prepare_launch registers.
+atexit.register(lambda: print('initialized at exit:', dist.is_initialized(), flush=True))
+cfg = prepare_launch(Config(dict(model=dict(norm_cfg=dict(type='SyncBN')))), 'pytorch')
+print(cfg.model.norm_cfg.type, cfg.model_wrapper_cfg.device_ids, dist.get_backend(), flush=True)
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='the CPU path of prepare_launch')
+def test_gloo_group_is_created_and_destroyed_before_the_interpreter_ends():
+    env = dict(os.environ, RANK='0', LOCAL_RANK='0', WORLD_SIZE='1',
+               MASTER_ADDR='127.0.0.1', MASTER_PORT=str(free_port()))
+    result = subprocess.run([sys.executable, '-c', EXIT_CHECK], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert 'BN None gloo' in lines
+    assert lines[-1] == 'initialized at exit: False'
