@@ -13,9 +13,9 @@ and optimizer state), ``infer`` a ``torch.no_grad()`` forward to full-size logit
 
 Reported: median, min/max and IQR of the step time over ``--iters`` timed steps after
 ``--warmup`` steps, images/s, peak memory (on a GPU ``max_memory_allocated`` over the
-timed steps; on the CPU, after them, the growth of the child's peak RSS during
-``--memory-steps`` more steps over its RSS between steps, with glibc made to return
-freed blocks to the system so that RSS follows the live tensors), parameter counts, the
+timed steps; on the CPU, the growth of the peak RSS during ``--memory-steps`` steps over
+the RSS between steps, in one more child per variant whose glibc maps every block of
+128 KiB or more on its own, so that the RSS follows the live tensors), parameter counts, the
 FLOPs of one step as ``FlopCounterMode`` counts them (matmuls, convolutions,
 attention; backward included) and their share of this machine's matrix-multiply rate,
 measured in the same run (the fastest of the products timed before and after
@@ -61,7 +61,10 @@ from dinolora_mmseg.models.utils.dinov2_layers import Attention
 from dinolora_mmseg.utils.weights import hub_cache_path, is_url
 
 REFERENCES = ('timm-peft', 'naive-attention', 'no-lora')
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+# glibc maps blocks of 128 KiB and more on their own and unmaps them when freed, instead
+# of moving large blocks into the heap, where freed memory stays resident and is reused
+# unseen by the RSS. Only the memory child runs so: its steps are ~45 % slower.
+MEMORY_CHILD_ENV = dict(MALLOC_MMAP_THRESHOLD_=str(128 * 1024))
 TIMM_NAMES = dict(small='vit_small_patch14', base='vit_base_patch14',
                   large='vit_large_patch14', giant='vit_giant_patch14')
 
@@ -80,7 +83,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--iters', type=int, default=10, help='timed steps per round')
     parser.add_argument('--warmup', type=int, default=3, help='untimed steps before them')
     parser.add_argument('--memory-steps', type=int, default=2,
-                        help='steps that measure peak memory on the CPU, after the timed ones')
+                        help='steps that measure peak memory on the CPU, after the warm-up')
     parser.add_argument('--rounds', type=int, default=2,
                         help='measurement rounds, each a fresh process per variant')
     parser.add_argument('--reference', choices=REFERENCES,
@@ -96,6 +99,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--worker', choices=('ours', ) + REFERENCES, help=argparse.SUPPRESS)
     parser.add_argument('--worker-out', help=argparse.SUPPRESS)
     parser.add_argument('--worker-flops', action='store_true', help=argparse.SUPPRESS)
+    parser.add_argument('--worker-memory', action='store_true', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     numbers = dict(batch_size=args.batch_size, iters=args.iters, rounds=args.rounds,
                    img_size=min(args.img_size), memory_steps=args.memory_steps)
@@ -405,56 +409,64 @@ def reset_peak_rss() -> int:
     return proc_status_bytes('VmRSS')
 
 
-def release_freed_memory() -> None:
-    """Make glibc hand freed memory back to the system now and from now on.
-
-    Blocks of 128 KiB and more are mapped and unmapped one by one (a fixed
-    ``M_MMAP_THRESHOLD`` instead of the dynamic one that moves large blocks into the
-    heap, where freed memory stays resident), and free heap memory is trimmed. The
-    peak RSS then follows the peak of live tensors instead of the heap's history.
+def trim_freed_memory() -> None:
+    """Return the C heap's free memory to the system (glibc ``malloc_trim``).
 
     Raises:
         OSError: The C library is not glibc.
     """
     try:
-        libc = ctypes.CDLL('libc.so.6')
-        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
+        malloc_trim = ctypes.CDLL('libc.so.6').malloc_trim
     except (OSError, AttributeError) as error:
         raise OSError(f'Peak memory on the CPU needs glibc ({error})') from error
-    mallopt(M_MMAP_THRESHOLD, 128 * 1024)
     malloc_trim(0)
 
 
 def run_worker(args: argparse.Namespace) -> Dict:
-    """One measurement of ``args.worker`` in this process (the child's side)."""
+    """One measurement of ``args.worker`` in this process (the child's side).
+
+    Times the steps (and on a GPU their peak memory) or, with ``args.worker_memory``, the
+    peak RSS of ``args.memory_steps`` steps after the warm-up (CPU only).
+    """
     if args.worker == 'naive-attention':
         Attention.forward = naive_attention_forward
     cfg, _ = load_config(args)
     device = torch.device(args.device)
     workload = build_workload(cfg, args.worker, args.mode, args.batch_size, args.img_size,
                               device, args.amp, args.merge_lora)
-    if device.type == 'cuda':
-        synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        baseline = torch.cuda.memory_allocated(device)
-        times = time_steps(workload.step, args.iters, args.warmup, device)
-        peak = torch.cuda.max_memory_allocated(device)
-    else:
-        times = time_steps(workload.step, args.iters, args.warmup, device)
-        release_freed_memory()
+    if args.worker_memory:
+        # One step at least: the optimizer state it creates is not the step's memory.
+        time_steps(workload.step, 0, max(args.warmup, 1), device)
+        trim_freed_memory()
         baseline = reset_peak_rss()
         for _ in range(args.memory_steps):
             workload.step()
-        peak = proc_status_bytes('VmHWM') - baseline
-    return dict(step_times_s=times, peak_memory_bytes=peak, baseline_memory_bytes=baseline,
-                params_total=workload.params_total,
-                params_trainable=workload.params_trainable,
-                flops_per_step=count_flops(workload.step) if args.worker_flops else None,
-                num_threads=torch.get_num_threads())
+        return dict(peak_memory_bytes=proc_status_bytes('VmHWM') - baseline,
+                    baseline_memory_bytes=baseline)
+    result = dict(params_total=workload.params_total,
+                  params_trainable=workload.params_trainable,
+                  flops_per_step=count_flops(workload.step) if args.worker_flops else None,
+                  num_threads=torch.get_num_threads())
+    if device.type == 'cuda':
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        result.update(baseline_memory_bytes=torch.cuda.memory_allocated(device))
+    result.update(step_times_s=time_steps(workload.step, args.iters, args.warmup, device))
+    if device.type == 'cuda':
+        result.update(peak_memory_bytes=torch.cuda.max_memory_allocated(device))
+    return result
 
 
-def measure_child(argv: Sequence[str], variant: str, count: bool) -> Dict:
+def measure_child(argv: Sequence[str], variant: str, count: bool = False,
+                  memory: bool = False) -> Dict:
     """Run one measurement of ``variant`` in a fresh process; its :func:`run_worker` result.
+
+    Args:
+        argv: The command line of this run.
+        variant: ``'ours'`` or a reference.
+        count: Also count the FLOPs of a step.
+        memory: Measure the CPU peak memory (in a process with :data:`MEMORY_CHILD_ENV`)
+            instead of the time.
 
     Raises:
         RuntimeError: The child failed; the message holds the end of its output.
@@ -462,9 +474,11 @@ def measure_child(argv: Sequence[str], variant: str, count: bool) -> Dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, 'result.json')
         command = [sys.executable, os.path.abspath(__file__), *argv, '--worker', variant,
-                   '--worker-out', out] + (['--worker-flops'] if count else [])
+                   '--worker-out', out] + (['--worker-flops'] if count else []) + (
+                       ['--worker-memory'] if memory else [])
+        env = dict(os.environ, **MEMORY_CHILD_ENV) if memory else None
         result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
+                                text=True, env=env)
         if result.returncode != 0:
             raise RuntimeError(f'The {variant} measurement failed (exit code '
                                f'{result.returncode}):\n{result.stdout[-4000:]}')
@@ -472,8 +486,8 @@ def measure_child(argv: Sequence[str], variant: str, count: bool) -> Dict:
             return json.load(f)
 
 
-def summarise(runs: List[Dict], batch_size: int, matmul_gflops: float) -> Dict:
-    """Statistics of one variant over all its rounds."""
+def summarise(runs: List[Dict], memory: Dict, batch_size: int, matmul_gflops: float) -> Dict:
+    """Statistics of one variant over its timed rounds ``runs`` and the ``memory`` run."""
     times = [t for run in runs for t in run['step_times_s']]
     median = statistics.median(times)
     q1, q3 = np.percentile(times, [25, 75])
@@ -481,8 +495,8 @@ def summarise(runs: List[Dict], batch_size: int, matmul_gflops: float) -> Dict:
     achieved = flops / median / 1e9
     return dict(median_step_s=median, min_step_s=min(times), max_step_s=max(times),
                 iqr_step_s=float(q3 - q1), images_per_s=batch_size / median,
-                peak_memory_mib=max(run['peak_memory_bytes'] for run in runs) / 2**20,
-                baseline_memory_mib=runs[0]['baseline_memory_bytes'] / 2**20,
+                peak_memory_mib=memory['peak_memory_bytes'] / 2**20,
+                baseline_memory_mib=memory['baseline_memory_bytes'] / 2**20,
                 params_total=runs[0]['params_total'],
                 params_trainable=runs[0]['params_trainable'],
                 flops_per_step=flops, achieved_gflops=achieved,
@@ -555,6 +569,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[Dict]:
         for variant in variants:
             print(f'round {index + 1}/{args.rounds}: {variant}', flush=True)
             runs[variant].append(measure_child(argv, variant, count=index == 0))
+    memory = {}
+    for variant in variants:
+        if device.type == 'cpu':
+            print(f'peak memory: {variant}', flush=True)
+            memory[variant] = measure_child(argv, variant, memory=True)
+        else:
+            memory[variant] = max(runs[variant], key=lambda run: run['peak_memory_bytes'])
     # Measured before and after the children: a machine busy at one of the two
     # moments (e.g. still releasing a finished process's memory) does not lower it.
     rate = max(rate_before, matmul_rate(device, dtype, size))
@@ -571,13 +592,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[Dict]:
         matmul_dtype=str(dtype).replace('torch.', ''), matmul_size=size, matmul_gflops=rate,
         memory_measure=('torch.cuda.max_memory_allocated during the steps (weights included)'
                         if device.type == 'cuda' else
-                        f'growth of the peak RSS (VmHWM) during {args.memory_steps} more '
-                        'step(s) over the RSS between steps, freed memory returned to the '
-                        'system'),
-        notes=notes, ours=summarise(runs['ours'], args.batch_size, rate))
+                        f'growth of the peak RSS (VmHWM) during {args.memory_steps} step(s) '
+                        'over the RSS between steps, blocks of 128 KiB or more unmapped when '
+                        'freed'),
+        notes=notes, ours=summarise(runs['ours'], memory['ours'], args.batch_size, rate))
     if args.reference:
         ours = report['ours']
-        reference = report['reference'] = summarise(runs[args.reference], args.batch_size, rate)
+        reference = report['reference'] = summarise(runs[args.reference], memory[args.reference],
+                                                    args.batch_size, rate)
         report['reference_name'] = args.reference
         report['time_ratio'] = reference['median_step_s'] / ours['median_step_s']
         report['memory_ratio'] = (reference['peak_memory_mib'] / ours['peak_memory_mib']
