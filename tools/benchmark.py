@@ -57,7 +57,7 @@ from torch.utils.flop_counter import (FlopCounterMode, sdpa_backward_flop_count,
 
 from dinolora_mmseg.models import merge_lora
 from dinolora_mmseg.models.lora import lora_layers
-from dinolora_mmseg.models.utils.dinov2_layers import Attention
+from dinolora_mmseg.models.utils.dinov2_layers import Attention, linear_after_norm
 from dinolora_mmseg.utils.weights import hub_cache_path, is_url
 
 REFERENCES = ('timm-peft', 'naive-attention', 'no-lora')
@@ -182,10 +182,12 @@ def import_timm_peft():
     return timm, peft
 
 
-def naive_attention_forward(self: Attention, x: torch.Tensor) -> torch.Tensor:
+def naive_attention_forward(self: Attention, x: torch.Tensor,
+                            norm: Optional[nn.LayerNorm] = None) -> torch.Tensor:
     """``Attention.forward`` with the attention matrix materialised (the reference)."""
     B, N, C = x.shape
-    qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads)
+    qkv = linear_after_norm(self.qkv, x, norm).reshape(B, N, 3, self.num_heads,
+                                                         C // self.num_heads)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
     weights = ((q * q.shape[-1]**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
     return self.proj((weights @ v).transpose(1, 2).reshape(B, N, C))

@@ -84,6 +84,64 @@ def test_training_path_gradients_match_the_formula():
         assert (mine - reference).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize('norm_trains', [False, True], ids=['frozen-norm', 'trained-norm'])
+def test_linear_after_norm_equals_linear_of_norm(norm_trains):
+    """``forward_after_norm`` (the adapter reading the normalised input) gives the
+    outputs and gradients of ``layer(norm(x))``."""
+    layer = LoRALinear(6, 7, {'p': (0, 3), 'r': (4, 7)}, rank=2, alpha=8)
+    norm = nn.LayerNorm(6, eps=1e-6)
+    randomise_adapters(nn.ModuleDict({'x': layer}))
+    with torch.no_grad():
+        norm.weight.normal_(1.0, 0.5)
+        norm.bias.normal_(0.0, 0.5)
+    norm.requires_grad_(norm_trains)
+    x = (torch.randn(2, 3, 6) * 3 + 1).requires_grad_()
+    weights = torch.randn(2, 3, 7)
+    trainable = [x, *layer.lora_A.values(), *layer.lora_B.values()] + (
+        [norm.weight, norm.bias] if norm_trains else [])
+
+    def outputs_and_grads(forward):
+        out = forward()
+        (out * weights).sum().backward()
+        grads = [t.grad.clone() for t in trainable]
+        for t in trainable:
+            t.grad = None
+        return out.detach(), grads
+
+    out, grads = outputs_and_grads(lambda: layer.forward_after_norm(x, norm))
+    expected, expected_grads = outputs_and_grads(lambda: layer(norm(x)))
+    assert (out - expected).abs().max() < 1e-5
+    for mine, reference in zip(grads, expected_grads):
+        assert reference.abs().max() > 0
+        assert (mine - reference).abs().max() < 1e-5
+
+
+def test_linear_after_norm_keeps_one_activation_for_backward():
+    """With the norm and the base weight frozen, as in the backbone."""
+    layer = LoRALinear(64, 192, {'q': (0, 64), 'v': (128, 192)}, rank=3)
+    layer.weight.requires_grad_(False)
+    layer.bias.requires_grad_(False)
+    norm = nn.LayerNorm(64, eps=1e-6).requires_grad_(False)
+    x = torch.randn(8, 100, 64, requires_grad=True)
+
+    def activations_kept(forward):
+        storages = {}
+
+        def pack(tensor):
+            storage = tensor.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            forward()
+        return sum(nbytes == x.numel() * 4 for nbytes in storages.values())
+
+    assert activations_kept(lambda: layer(norm(x))) == 2  # the norm's input and output
+    assert activations_kept(lambda: layer.forward_after_norm(x, norm)) == 1
+    with torch.no_grad():
+        assert torch.equal(layer.forward_after_norm(x, norm), layer(norm(x)))
+
+
 def test_adapter_dropout_still_drops_without_autograd():
     """The folded inference path is taken only when dropout is inactive."""
     layer = LoRALinear(64, 64, {'all': (0, 64)}, rank=4, dropout=0.5)

@@ -3,10 +3,25 @@
 Parameter names follow the official release (``attn.qkv``, ``ls1.gamma``, ``mlp.fc1``,
 ``mlp.w12`` ...), so official checkpoints load without renaming.
 """
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from mmcv.cnn.bricks.drop import DropPath
 from torch import nn
+
+from ..lora import LoRALinear
+
+
+def linear_after_norm(linear: nn.Linear, x: torch.Tensor,
+                      norm: Optional[nn.LayerNorm]) -> torch.Tensor:
+    """``linear(norm(x))`` (``linear(x)`` without ``norm``), through
+    :meth:`LoRALinear.forward_after_norm` for adapted layers."""
+    if norm is None:
+        return linear(x)
+    if isinstance(linear, LoRALinear) and isinstance(norm, nn.LayerNorm):
+        return linear.forward_after_norm(x, norm)
+    return linear(norm(x))
 
 
 class PatchEmbed(nn.Module):
@@ -29,6 +44,8 @@ class PatchEmbed(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention through ``F.scaled_dot_product_attention``.
 
+    ``forward(x, norm)`` normalises ``x`` by ``norm`` first (see :func:`linear_after_norm`).
+
     Args:
         embed_dims (int): Token width.
         num_heads (int): Number of heads; ``embed_dims`` must divide evenly.
@@ -40,9 +57,10 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(embed_dims, embed_dims * 3)
         self.proj = nn.Linear(embed_dims, embed_dims)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, norm: Optional[nn.LayerNorm] = None) -> torch.Tensor:
         B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads)
+        qkv = linear_after_norm(self.qkv, x, norm).reshape(B, N, 3, self.num_heads,
+                                                             C // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
@@ -65,7 +83,8 @@ class LayerScale(nn.Module):
 
 
 class Mlp(nn.Module):
-    """Two linear layers with GELU between them (ViT-S/B/L).
+    """Two linear layers with GELU between them (ViT-S/B/L); ``forward(x, norm)``
+    normalises ``x`` by ``norm`` first.
 
     Args:
         embed_dims (int): Token width.
@@ -78,12 +97,13 @@ class Mlp(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_dims, embed_dims)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+    def forward(self, x: torch.Tensor, norm: Optional[nn.LayerNorm] = None) -> torch.Tensor:
+        return self.fc2(self.act(linear_after_norm(self.fc1, x, norm)))
 
 
 class SwiGLUFFN(nn.Module):
-    """Fused SwiGLU feed-forward network of ViT-g/14.
+    """Fused SwiGLU feed-forward network of ViT-g/14; ``forward(x, norm)`` normalises
+    ``x`` by ``norm`` first.
 
     The hidden width is rounded as in the official ``SwiGLUFFNFused``:
     ``(int(hidden_dims * 2 / 3) + 7) // 8 * 8`` (4096 for ViT-g).
@@ -99,8 +119,8 @@ class SwiGLUFFN(nn.Module):
         self.w12 = nn.Linear(embed_dims, 2 * hidden_dims)
         self.w3 = nn.Linear(hidden_dims, embed_dims)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x1, x2 = self.w12(x).chunk(2, dim=-1)
+    def forward(self, x: torch.Tensor, norm: Optional[nn.LayerNorm] = None) -> torch.Tensor:
+        x1, x2 = linear_after_norm(self.w12, x, norm).chunk(2, dim=-1)
         return self.w3(F.silu(x1) * x2)
 
 
@@ -132,5 +152,5 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x))))
-        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+        x = x + self.drop_path(self.ls1(self.attn(x, self.norm1)))
+        return x + self.drop_path(self.ls2(self.mlp(x, self.norm2)))
