@@ -50,7 +50,9 @@ def check_reference(report, name):
     assert report['reference_name'] == name
     check_variant(report['reference'])
     ratios = {k: v for k, v in report.items() if 'ratio' in k}
-    assert set(ratios) == {'time_ratio', 'memory_ratio'}
+    assert set(ratios) == {'time_ratio', 'time_ratio_by_round', 'time_ratio_paired',
+                           'memory_ratio'}
+    assert len(ratios.pop('time_ratio_by_round')) == report['rounds']
     assert all(v > 0 for v in ratios.values())
     ours, reference = report['ours'], report['reference']
     assert report['time_ratio'] == pytest.approx(reference['median_step_s'] / ours['median_step_s'])
