@@ -142,6 +142,18 @@ def test_linear_after_norm_keeps_one_activation_for_backward():
         assert torch.equal(layer.forward_after_norm(x, norm), layer(norm(x)))
 
 
+def test_blocks_pass_their_norms_to_adapted_projections(monkeypatch):
+    """Adapters right after a norm (qkv, fc1) take the one-activation path; fc2 does not."""
+    model = DINOv2(arch=TINY, lora=dict(rank=2, targets=('q', 'v', 'fc1', 'fc2'))).train()
+    calls = []
+    original = LoRALinear.forward_after_norm
+    monkeypatch.setattr(LoRALinear, 'forward_after_norm',
+                        lambda self, x, norm: calls.append((self, norm)) or original(self, x, norm))
+    model(torch.randn(1, 3, 28, 28))
+    assert calls == [pair for block in model.blocks for pair in
+                     ((block.attn.qkv, block.norm1), (block.mlp.fc1, block.norm2))]
+
+
 def test_adapter_dropout_still_drops_without_autograd():
     """The folded inference path is taken only when dropout is inactive."""
     layer = LoRALinear(64, 64, {'all': (0, 64)}, rank=4, dropout=0.5)

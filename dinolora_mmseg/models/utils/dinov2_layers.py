@@ -15,8 +15,14 @@ from ..lora import LoRALinear
 
 def linear_after_norm(linear: nn.Linear, x: torch.Tensor,
                       norm: Optional[nn.LayerNorm]) -> torch.Tensor:
-    """``linear(norm(x))`` (``linear(x)`` without ``norm``), through
-    :meth:`LoRALinear.forward_after_norm` for adapted layers."""
+    """``linear(norm(x))``, through :meth:`LoRALinear.forward_after_norm` for adapted
+    layers (which then keep one activation less for backward).
+
+    Args:
+        linear (nn.Linear): The projection, plain or :class:`LoRALinear`.
+        x (torch.Tensor): Tokens ``(..., in_features)``.
+        norm (nn.LayerNorm, optional): Applied to ``x`` first; ``None`` for none.
+    """
     if norm is None:
         return linear(x)
     if isinstance(linear, LoRALinear) and isinstance(norm, nn.LayerNorm):
