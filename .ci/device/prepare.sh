@@ -37,6 +37,6 @@ fi
 # Pure-Python packages the machine lacks (the rest of their requirements is there).
 pip download -q --no-deps --only-binary=:all: --python-version "$PY_VERSION" -d "$OUT" \
     mmengine==0.10.7 mmsegmentation==1.2.2 imagecorruptions-imaug==1.1.5 addict yapf \
-    termcolor prettytable ftfy wcwidth
+    termcolor prettytable ftfy wcwidth platformdirs
 ls -la "$OUT"
 du -sh "$OUT"
