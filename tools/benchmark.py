@@ -439,7 +439,8 @@ def run_worker(args: argparse.Namespace) -> Dict:
                               device, args.amp, args.merge_lora)
     if args.worker_memory:
         # One step at least: the optimizer state it creates is not the step's memory.
-        time_steps(workload.step, 0, max(args.warmup, 1), device)
+        for _ in range(max(args.warmup, 1)):
+            workload.step()
         trim_freed_memory()
         baseline = reset_peak_rss()
         for _ in range(args.memory_steps):
