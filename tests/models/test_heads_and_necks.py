@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from mmseg.registry import MODELS
 
 from dinolora_mmseg.models import LinearHead, ViTFPN
@@ -61,3 +62,75 @@ def test_vit_fpn_feeds_mmseg_heads():
                              channels=16, num_classes=5, norm_cfg=dict(type='BN'))).eval()
     feats = neck([torch.randn(1, 32, 9, 12)])
     assert head(feats).shape == (1, 5, 32, 42)  # stride 4 of 126x168
+
+
+@pytest.mark.parametrize('losses', ['one', 'two summed', 'two named', 'ohem'])
+def test_linear_head_losses_equal_mmseg(losses):
+    """Losses and ``acc_seg`` are those of MMSeg's ``BaseDecodeHead.loss_by_feat``."""
+    from mmengine.structures import PixelData
+    from mmseg.models.decode_heads.decode_head import BaseDecodeHead
+    from mmseg.structures import SegDataSample
+    ce = dict(type='CrossEntropyLoss', loss_weight=1.0)
+    loss_decode = dict(one=ce, ohem=ce, **{
+        'two summed': [ce, dict(type='CrossEntropyLoss', loss_weight=0.5)],
+        'two named': [ce, dict(type='DiceLoss', loss_name='loss_dice')]})[losses]
+    sampler = dict(type='OHEMPixelSampler', thresh=0.7, min_kept=100) if losses == 'ohem' else None
+    head = LinearHead(in_channels=8, num_classes=5, loss_decode=loss_decode, sampler=sampler)
+    torch.manual_seed(0)
+    # channels-last, as the 1x1 convolution of ViT tokens gives them
+    logits = torch.randn(2, 6, 6, 5).permute(0, 3, 1, 2)
+    labels = torch.randint(5, (2, 1, 24, 24))
+    labels[0, 0, :3] = 255
+    samples = [SegDataSample(gt_sem_seg=PixelData(data=label)) for label in labels]
+    ours = head.loss_by_feat(logits, samples)
+    mmseg = BaseDecodeHead.loss_by_feat(head, logits, samples)
+    assert ours.keys() == mmseg.keys()
+    for name in mmseg:
+        torch.testing.assert_close(ours[name], mmseg[name], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_top1_accuracy_equals_mmseg_accuracy(dtype):
+    from mmseg.models.losses import accuracy
+
+    from dinolora_mmseg.models.decode_heads.linear_head import top1_accuracy
+    torch.manual_seed(0)
+    logits = torch.randn(3, 7, 10, 10).to(dtype)
+    labels = torch.randint(7, (3, 10, 10))
+    labels[1] = 255  # a fully ignored image
+    labels[2, :4] = 255
+    labels[0, :5] = logits[0, :, :5].argmax(0)  # half right, half random
+    expected = accuracy(logits, labels, ignore_index=255)
+    torch.testing.assert_close(top1_accuracy(logits, labels, 255), expected, rtol=0, atol=0)
+    all_ignored = torch.full_like(labels, 255)
+    torch.testing.assert_close(top1_accuracy(logits, all_ignored, 255),
+                               accuracy(logits, all_ignored, ignore_index=255), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('align_corners', [False, True])
+@pytest.mark.parametrize('size_in,size_out', [((22, 22), (308, 308)), ((7, 9), (20, 31)),
+                                               ((20, 31), (7, 9)), ((5, 6), (5, 6))])
+def test_bilinear_resize_equals_interpolate(size_in, size_out, align_corners):
+    from dinolora_mmseg.models.decode_heads.linear_head import bilinear_resize
+    torch.manual_seed(0)
+    x = torch.randn(2, *size_in, 3).permute(0, 3, 1, 2).requires_grad_()
+    grad = torch.randn(2, 3, *size_out)
+    expected = F.interpolate(x, size=size_out, mode='bilinear', align_corners=align_corners)
+    (expected_grad, ) = torch.autograd.grad(expected, x, grad)
+    out = bilinear_resize(x, size_out, align_corners)
+    (out_grad, ) = torch.autograd.grad(out, x, grad)
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, expected, rtol=0, atol=2e-6)
+    torch.testing.assert_close(out_grad, expected_grad, rtol=1e-5, atol=1e-5)  # sums of ~200
+    if size_in == size_out:
+        assert torch.equal(out, x)
+
+
+def test_bilinear_resize_stays_float32_under_autocast():
+    from dinolora_mmseg.models.decode_heads.linear_head import bilinear_resize
+    x = torch.randn(1, 3, 6, 6).bfloat16()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = bilinear_resize(x, (24, 24), align_corners=False)
+    assert out.dtype == torch.float32
+    expected = F.interpolate(x.float(), size=(24, 24), mode='bilinear', align_corners=False)
+    torch.testing.assert_close(out, expected, rtol=0, atol=2e-6)

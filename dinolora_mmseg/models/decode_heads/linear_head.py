@@ -2,9 +2,74 @@ from typing import List, Sequence, Union
 
 import torch
 from mmcv.cnn import build_norm_layer
+import torch.nn.functional as F
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.registry import MODELS
+from mmseg.utils import SampleList
 from torch import nn
+
+
+def interpolation_matrix(size_in: int, size_out: int, align_corners: bool,
+                         device: torch.device) -> torch.Tensor:
+    """``(size_out, size_in)`` matrix of PyTorch's 1-D linear interpolation.
+
+    Made by interpolating the identity, so its weights are exactly those of
+    ``F.interpolate(..., mode='linear' or 'bilinear')``.
+
+    Args:
+        size_in (int): Input length.
+        size_out (int): Output length.
+        align_corners (bool): As in ``F.interpolate``.
+        device (torch.device): Where to make it.
+    """
+    identity = torch.eye(size_in, device=device).unsqueeze(0)
+    return F.interpolate(identity, size=size_out, mode='linear',
+                         align_corners=align_corners)[0].T
+
+
+def bilinear_resize(x: torch.Tensor, size: Sequence[int], align_corners: bool) -> torch.Tensor:
+    """``F.interpolate(x, size, mode='bilinear')`` as two matrix products, in float32.
+
+    Bilinear interpolation is separable, ``M_h @ x @ M_w^T``. As matrix products its
+    backward pass is too: on CPU, upsampling 2 x 21 x 22 x 22 logits to 308 x 308 and
+    back costs about 1 ms instead of 16 ms (``upsample_bilinear2d_backward`` scatters
+    one output pixel at a time). The values equal ``F.interpolate``'s within one
+    rounding of each of the two sums. Under autocast the result stays float32, the
+    precision the loss computes in anyway.
+
+    Args:
+        x (torch.Tensor): ``(N, C, h, w)`` input.
+        size (Sequence[int]): ``(H, W)`` of the output.
+        align_corners (bool): As in ``F.interpolate``.
+    """
+    (h, w), (H, W) = x.shape[-2:], size
+    with torch.autocast(x.device.type, enabled=False):
+        rows = interpolation_matrix(h, H, align_corners, x.device)
+        cols = interpolation_matrix(w, W, align_corners, x.device)
+        return rows @ (x.float() @ cols.T)
+
+
+def top1_accuracy(logits: torch.Tensor, labels: torch.Tensor,
+                  ignore_index: int) -> torch.Tensor:
+    """Percentage of labelled pixels whose label has the largest logit.
+
+    The value of ``mmseg.models.losses.accuracy(logits, labels, ignore_index=...)``
+    (same epsilon, shape ``(1,)``), from a max over classes instead of a top-k: on CPU
+    ``topk`` along the class dimension costs about 30 ms for 2 x 21 x 308 x 308 logits,
+    ``amax`` and ``gather`` about 1 ms. Pixels where several classes tie for the
+    largest logit count as correct when the label is one of them.
+
+    Args:
+        logits (torch.Tensor): ``(N, C, H, W)`` scores.
+        labels (torch.Tensor): ``(N, H, W)`` class indices.
+        ignore_index (int): Label of pixels left out of the count.
+    """
+    labelled = labels != ignore_index
+    label_logit = logits.gather(1, labels.masked_fill(~labelled, 0).unsqueeze(1)).squeeze(1)
+    correct = (label_logit >= logits.amax(1)) & labelled
+    eps = torch.finfo(torch.float32).eps
+    total = labelled.sum().item() + eps
+    return (correct.sum().float().reshape(1) + eps).mul_(100.0 / total)
 
 
 @MODELS.register_module()
@@ -16,7 +81,8 @@ class LinearHead(BaseDecodeHead):
     resized to the first one's size and concatenated. An optional normalisation layer
     (``norm_cfg``, e.g. BatchNorm as in DINOv2's linear evaluation) comes before the
     convolution. Everything else (dropout, loss, resizing of the logits) is MMSeg's
-    :class:`BaseDecodeHead`.
+    :class:`BaseDecodeHead`; its training loss only computes two steps faster
+    (:meth:`loss_by_feat`).
 
     Args:
         in_channels (int | Sequence[int]): Width of each input.
@@ -33,3 +99,28 @@ class LinearHead(BaseDecodeHead):
 
     def forward(self, inputs: List[torch.Tensor]) -> torch.Tensor:
         return self.cls_seg(self.norm(self._transform_inputs(inputs)))
+
+    def loss_by_feat(self, seg_logits: torch.Tensor,
+                     batch_data_samples: SampleList) -> dict:
+        """:meth:`BaseDecodeHead.loss_by_feat`, with the logits upsampled by
+        :func:`bilinear_resize` and ``acc_seg`` from :func:`top1_accuracy`: the same
+        values within float rounding, about 45 ms less per 308 px batch of 2 on CPU.
+
+        Args:
+            seg_logits (torch.Tensor): Output of :meth:`forward`.
+            batch_data_samples (list[:obj:`SegDataSample`]): Samples with ``gt_sem_seg``.
+        """
+        seg_label = self._stack_batch_gt(batch_data_samples)
+        seg_logits = bilinear_resize(seg_logits, seg_label.shape[2:], self.align_corners)
+        seg_weight = None if self.sampler is None else self.sampler.sample(seg_logits, seg_label)
+        seg_label = seg_label.squeeze(1)
+        losses = dict()
+        losses_decode = (self.loss_decode if isinstance(self.loss_decode, nn.ModuleList)
+                         else [self.loss_decode])
+        for loss_decode in losses_decode:
+            value = loss_decode(seg_logits, seg_label, weight=seg_weight,
+                                ignore_index=self.ignore_index)
+            name = loss_decode.loss_name
+            losses[name] = losses[name] + value if name in losses else value
+        losses['acc_seg'] = top1_accuracy(seg_logits, seg_label, self.ignore_index)
+        return losses
