@@ -1,8 +1,8 @@
 from typing import List, Sequence, Union
 
 import torch
-from mmcv.cnn import build_norm_layer
 import torch.nn.functional as F
+from mmcv.cnn import build_norm_layer
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.registry import MODELS
 from mmseg.utils import SampleList
