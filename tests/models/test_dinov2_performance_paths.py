@@ -18,10 +18,14 @@ from dinolora_mmseg.models import DINOv2
 from dinolora_mmseg.models.backbones.dinov2 import ATTENTION_OPS
 from tests.helpers import ROOT, TINY, write_tiny_config
 
-# Relative error (L2 norm) of the trainable-gradient vector of a bfloat16-autocast step
-# against float32 for the tiny segmentor below: 5.0e-3 to 6.7e-3 measured over six
-# seeds of the trainable weights (torch 2.14.1, CPU); bfloat16 keeps 8 bits of mantissa.
-BF16_GRAD_RTOL = 2e-2
+# bfloat16 autocast against float32 (bfloat16 keeps 8 bits of mantissa), torch 2.14.1,
+# CPU. Relative error (L2 norm) of the trainable-gradient vector: the target of issue #7;
+# measured 5.5e-3 to 7.1e-3 for the tiny segmentor below over six seeds of its trainable
+# weights, 4.3e-3 to 4.7e-3 for the demo ViT-S/14 at 308 px with its own initialisation.
+BF16_GRAD_RTOL = 1e-2
+# Largest logit difference as a share of the largest logit: measured 0.4-0.7 % (tiny,
+# six seeds) and 0.6-0.8 % (demo ViT-S/14, 308 px).
+BF16_LOGIT_TOL = 2e-2
 
 
 @pytest.fixture(autouse=True)
@@ -108,9 +112,16 @@ def test_bfloat16_autocast_step_on_cpu_is_close_to_float32(tmp_path):
         loss.backward()
         return torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
 
+    def logits(amp):
+        with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=amp):
+            return model.encode_decode(inputs, [meta] * 2).float()
+
     fp32, bf16 = grads(False), grads(True)
     assert logit_dtypes == [torch.float32, torch.bfloat16]
     assert fp32.dtype == bf16.dtype == torch.float32  # the weights stay float32
     assert torch.isfinite(bf16).all()
     error = ((bf16 - fp32).norm() / fp32.norm()).item()
     assert error < BF16_GRAD_RTOL, error
+    logits_fp32, logits_bf16 = logits(False), logits(True)
+    logit_error = ((logits_bf16 - logits_fp32).abs().max() / logits_fp32.abs().max()).item()
+    assert 0 < logit_error < BF16_LOGIT_TOL, logit_error
