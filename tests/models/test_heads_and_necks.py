@@ -1,9 +1,14 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from mmengine.structures import PixelData
+from mmseg.models.decode_heads.decode_head import BaseDecodeHead
+from mmseg.models.losses import accuracy
 from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
 
 from dinolora_mmseg.models import LinearHead, ViTFPN
+from dinolora_mmseg.models.decode_heads.linear_head import bilinear_resize, top1_accuracy
 
 
 @pytest.mark.parametrize('grid', [(5, 5), (4, 9)])
@@ -67,9 +72,6 @@ def test_vit_fpn_feeds_mmseg_heads():
 @pytest.mark.parametrize('losses', ['one', 'two summed', 'two named', 'ohem'])
 def test_linear_head_losses_equal_mmseg(losses):
     """Losses and ``acc_seg`` are those of MMSeg's ``BaseDecodeHead.loss_by_feat``."""
-    from mmengine.structures import PixelData
-    from mmseg.models.decode_heads.decode_head import BaseDecodeHead
-    from mmseg.structures import SegDataSample
     ce = dict(type='CrossEntropyLoss', loss_weight=1.0)
     loss_decode = dict(one=ce, ohem=ce, **{
         'two summed': [ce, dict(type='CrossEntropyLoss', loss_weight=0.5)],
@@ -91,9 +93,6 @@ def test_linear_head_losses_equal_mmseg(losses):
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
 def test_top1_accuracy_equals_mmseg_accuracy(dtype):
-    from mmseg.models.losses import accuracy
-
-    from dinolora_mmseg.models.decode_heads.linear_head import top1_accuracy
     torch.manual_seed(0)
     logits = torch.randn(3, 7, 10, 10).to(dtype)
     labels = torch.randint(7, (3, 10, 10))
@@ -111,7 +110,6 @@ def test_top1_accuracy_equals_mmseg_accuracy(dtype):
 @pytest.mark.parametrize('size_in,size_out', [((22, 22), (308, 308)), ((7, 9), (20, 31)),
                                                ((20, 31), (7, 9)), ((5, 6), (5, 6))])
 def test_bilinear_resize_equals_interpolate(size_in, size_out, align_corners):
-    from dinolora_mmseg.models.decode_heads.linear_head import bilinear_resize
     torch.manual_seed(0)
     x = torch.randn(2, *size_in, 3).permute(0, 3, 1, 2).requires_grad_()
     grad = torch.randn(2, 3, *size_out)
@@ -127,7 +125,6 @@ def test_bilinear_resize_equals_interpolate(size_in, size_out, align_corners):
 
 
 def test_bilinear_resize_stays_float32_under_autocast():
-    from dinolora_mmseg.models.decode_heads.linear_head import bilinear_resize
     x = torch.randn(1, 3, 6, 6).bfloat16()
     with torch.autocast('cpu', dtype=torch.bfloat16):
         out = bilinear_resize(x, (24, 24), align_corners=False)
