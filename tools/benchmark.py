@@ -159,11 +159,11 @@ def check_reference(cfg: Config, args: argparse.Namespace) -> List[str]:
                          f'{args.config} has no model.backbone.lora')
     if args.reference == 'no-lora':
         return ['no-lora: our model without model.backbone.lora']
-    import_timm_peft()
     patch = backbone.get('patch_size', 14)
     if any(side % patch for side in args.img_size):
         raise ValueError(f'--reference timm-peft needs --img-size multiples of {patch} '
                          f'(timm does not pad), got {args.img_size}')
+    import_timm_peft()
     return ['timm-peft: peft cannot adapt the q/k/v thirds of the fused qkv separately; '
             f'it adapts all of qkv with rank {lora.get("rank", 4)} (ours: '
             f'{", ".join(lora.get("targets", ("q", "v")))})',
