@@ -36,6 +36,40 @@ def test_linear_head_is_one_linear_map_per_pixel():
     assert torch.allclose(head([x]), expected, atol=1e-6)
 
 
+def test_linear_head_accepts_channels_equal_to_its_input_width():
+    head = MODELS.build(dict(type='LinearHead', in_channels=[8, 8], in_index=[0, 1],
+                             input_transform='resize_concat', channels=16, num_classes=3))
+    assert head.conv_seg.in_channels == 16
+    with pytest.raises(ValueError, match='channels=256, but a linear head has no hidden layer: '
+                       'it works at its input width, 32'):
+        MODELS.build(dict(type='LinearHead', in_channels=32, channels=256, num_classes=3))
+
+
+def binary_samples(labels):
+    return [SegDataSample(gt_sem_seg=PixelData(data=label)) for label in labels]
+
+
+def test_linear_head_binary_mode():
+    """MMSeg's binary mode: one output channel, sigmoid cross-entropy, a threshold."""
+    head = MODELS.build(dict(
+        type='LinearHead', in_channels=8, num_classes=2, out_channels=1, threshold=0.4,
+        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=True, loss_weight=1.0)))
+    torch.manual_seed(0)
+    logits = head([torch.randn(2, 8, 6, 6)])
+    assert logits.shape == (2, 1, 6, 6)
+    labels = torch.randint(2, (2, 1, 24, 24))
+    labels[0, 0, :3] = 255
+    ours = head.loss_by_feat(logits, binary_samples(labels))
+    mmseg = BaseDecodeHead.loss_by_feat(head, logits, binary_samples(labels))
+    torch.testing.assert_close(ours['loss_ce'], mmseg['loss_ce'], rtol=1e-6, atol=1e-6)
+    upsampled = F.interpolate(logits, size=(24, 24), mode='bilinear').squeeze(1)
+    predicted = upsampled.sigmoid() > 0.4
+    labelled = labels.squeeze(1) != 255
+    expected = 100 * (predicted == labels.squeeze(1).bool())[labelled].float().mean()
+    torch.testing.assert_close(ours['acc_seg'], expected.reshape(1), rtol=1e-5, atol=1e-4)
+    ours['loss_ce'].backward()
+
+
 @pytest.mark.parametrize('grid', [(37, 37), (16, 16), (10, 23)])
 @pytest.mark.parametrize('num_inputs', [1, 4])
 def test_vit_fpn_levels_cover_the_image(grid, num_inputs):

@@ -1,4 +1,4 @@
-from typing import List, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +67,29 @@ def top1_accuracy(logits: torch.Tensor, labels: torch.Tensor,
     labelled = labels != ignore_index
     label_logit = logits.gather(1, labels.masked_fill(~labelled, 0).unsqueeze(1)).squeeze(1)
     correct = (label_logit >= logits.amax(1)) & labelled
+    return _percentage(correct, labelled)
+
+
+def binary_accuracy(logits: torch.Tensor, labels: torch.Tensor, threshold: float,
+                    ignore_index: int) -> torch.Tensor:
+    """Percentage of labelled pixels whose label is the thresholded prediction.
+
+    The prediction of MMSeg's binary mode (one output channel): ``sigmoid(logit) >
+    threshold`` is class 1, as ``EncoderDecoder.postprocess_result`` decides it.
+
+    Args:
+        logits (torch.Tensor): ``(N, 1, H, W)`` scores.
+        labels (torch.Tensor): ``(N, H, W)`` labels 0 and 1.
+        threshold (float): Probability above which a pixel is class 1.
+        ignore_index (int): Label of pixels left out of the count.
+    """
+    labelled = labels != ignore_index
+    predicted = logits.squeeze(1).sigmoid() > threshold
+    return _percentage((predicted == labels.bool()) & labelled, labelled)
+
+
+def _percentage(correct: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
+    """``100 * correct / labelled`` with MMSeg's epsilon and shape ``(1,)``."""
     eps = torch.finfo(torch.float32).eps
     total = labelled.sum().item() + eps
     return (correct.sum().float().reshape(1) + eps).mul_(100.0 / total)
@@ -80,21 +103,29 @@ class LinearHead(BaseDecodeHead):
     as in DINOv2's multi-layer "+ms" head over the last four blocks) the inputs are
     resized to the first one's size and concatenated. An optional normalisation layer
     (``norm_cfg``, e.g. BatchNorm as in DINOv2's linear evaluation) comes before the
-    convolution. Everything else (dropout, loss, resizing of the logits) is MMSeg's
-    :class:`BaseDecodeHead`; its training loss only computes two steps faster
-    (:meth:`loss_by_feat`).
+    convolution. Everything else (dropout, loss, resizing of the logits, MMSeg's binary
+    mode with ``out_channels=1``) is MMSeg's :class:`BaseDecodeHead`; its training loss
+    only computes two steps faster (:meth:`loss_by_feat`).
 
     Args:
         in_channels (int | Sequence[int]): Width of each input.
-        **kwargs: :class:`BaseDecodeHead` arguments, except ``channels``, which is the
-            total input width. ``dropout_ratio`` defaults to 0.
+        channels (int, optional): The total input width, which a linear head works at
+            (it has no hidden layer); any other value is refused. Default: that width.
+        **kwargs: The other :class:`BaseDecodeHead` arguments. ``dropout_ratio``
+            defaults to 0.
     """
 
-    def __init__(self, in_channels: Union[int, Sequence[int]], **kwargs):
+    def __init__(self, in_channels: Union[int, Sequence[int]],
+                 channels: Optional[int] = None, **kwargs):
         kwargs.setdefault('dropout_ratio', 0.0)
-        channels = in_channels if isinstance(in_channels, int) else sum(in_channels)
-        super().__init__(in_channels=in_channels, channels=channels, **kwargs)
-        self.norm = (build_norm_layer(self.norm_cfg, channels)[1]
+        width = in_channels if isinstance(in_channels, int) else sum(in_channels)
+        if channels is not None and channels != width:
+            raise ValueError(
+                f'LinearHead got channels={channels}, but a linear head has no hidden layer: '
+                f'it works at its input width, {width} (the sum of in_channels). Leave '
+                'channels out; for a hidden layer use e.g. FCNHead')
+        super().__init__(in_channels=in_channels, channels=width, **kwargs)
+        self.norm = (build_norm_layer(self.norm_cfg, width)[1]
                      if self.norm_cfg else nn.Identity())
 
     def forward(self, inputs: List[torch.Tensor]) -> torch.Tensor:
@@ -104,7 +135,9 @@ class LinearHead(BaseDecodeHead):
                      batch_data_samples: SampleList) -> dict:
         """:meth:`BaseDecodeHead.loss_by_feat`, with the logits upsampled by
         :func:`bilinear_resize` and ``acc_seg`` from :func:`top1_accuracy`: the same
-        values within float rounding, about 45 ms less per 308 px batch of 2 on CPU.
+        values within float rounding, about 45 ms less per 308 px batch of 2 on CPU. In
+        binary mode (``out_channels=1``) ``acc_seg`` is :func:`binary_accuracy`, the
+        accuracy of the thresholded prediction.
 
         Args:
             seg_logits (torch.Tensor): Output of :meth:`forward`.
@@ -122,5 +155,9 @@ class LinearHead(BaseDecodeHead):
                                 ignore_index=self.ignore_index)
             name = loss_decode.loss_name
             losses[name] = losses[name] + value if name in losses else value
-        losses['acc_seg'] = top1_accuracy(seg_logits, seg_label, self.ignore_index)
+        if self.out_channels == 1:
+            losses['acc_seg'] = binary_accuracy(seg_logits, seg_label, self.threshold,
+                                                self.ignore_index)
+        else:
+            losses['acc_seg'] = top1_accuracy(seg_logits, seg_label, self.ignore_index)
         return losses
