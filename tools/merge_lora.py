@@ -19,7 +19,7 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
 from mmseg.registry import MODELS
 
-from dinolora_mmseg.models import DINOv2, merge_lora
+from dinolora_mmseg.models import DINOv2, merged_state_dict
 from dinolora_mmseg.models.lora import lora_layers
 
 
@@ -36,7 +36,7 @@ def parse_args():
     return parser.parse_args()
 
 
-def merged_state_dict(cfg: Config, checkpoint: str):
+def merge_checkpoint(cfg: Config, checkpoint: str):
     """Build the model of ``cfg``, load ``checkpoint`` and merge its adapters.
 
     Returns:
@@ -47,11 +47,9 @@ def merged_state_dict(cfg: Config, checkpoint: str):
     if next(lora_layers(model), None) is None:
         raise ValueError(f'{cfg.filename} builds a model without LoRA adapters: nothing to merge')
     loaded = load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
-    merge_lora(model)
     if isinstance(model.backbone, DINOv2):
         model.backbone.pretrained = None  # keep the (now changed) frozen weights in
-    state = {k: v for k, v in model.state_dict().items() if '.lora_' not in k}
-    return state, loaded.get('meta', {})
+    return merged_state_dict(model), loaded.get('meta', {})
 
 
 def official_layout(state):
@@ -77,7 +75,7 @@ def main():
     cfg = Config.fromfile(args.config)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
-    state, meta = merged_state_dict(cfg, args.checkpoint)
+    state, meta = merge_checkpoint(cfg, args.checkpoint)
     if args.backbone_only:
         if cfg.model.backbone.type != 'DINOv2':
             raise ValueError('--backbone-only writes the official DINOv2 layout; the backbone '

@@ -98,6 +98,8 @@ class LoRALinear(nn.Linear):
             self.lora_A[name] = nn.Parameter(a)
             self.lora_B[name] = nn.Parameter(torch.zeros(end - start, rank, **factory))
         self.merged = False
+        self._merge_after_load = False
+        self.register_load_state_dict_post_hook(self._merge_again)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, parts: Mapping[str, RowRange],
@@ -134,6 +136,7 @@ class LoRALinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:
+            self._refuse_training_while_merged()
             return F.linear(x, self.weight, self.bias)
         a, b = self.lora_factors()
         if not (torch.is_grad_enabled() or self._dropping()):
@@ -169,6 +172,58 @@ class LoRALinear(nn.Linear):
         a, b = self.lora_factors()
         update = torch.addmm(a @ norm.bias, x_hat, (a * norm.weight).t())
         return self._add_update(out, update, b).view(*x.shape[:-1], self.out_features)
+
+    def _refuse_training_while_merged(self) -> None:
+        """A merged layer computes with ``W + delta`` as a constant: its adapters would
+        get no gradient, so training them is refused instead of silently freezing them."""
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.lora_parameters()):
+            raise RuntimeError(
+                f'{type(self).__name__}({self.in_features}, {self.out_features}) is merged '
+                '(merge_lora() was called): its adapters cannot train. Call unmerge_lora() '
+                'before training, or run inference under torch.no_grad().')
+
+    def lora_parameters(self) -> Iterator[nn.Parameter]:
+        """The adapter factors ``lora_A.<part>`` and ``lora_B.<part>``."""
+        yield from self.lora_A.values()
+        yield from self.lora_B.values()
+
+    def unmerged_weight(self) -> torch.Tensor:
+        """``weight`` without the adapters' update: the frozen pretrained weight."""
+        if not self.merged:
+            return self.weight.detach()
+        return (self.weight - self.delta_weight().to(self.weight.dtype)).detach()
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        """State dicts hold the frozen weight unmerged (the pretrained weight plus the
+        adapters), whether or not the layer is merged at the time, so that loading one
+        never applies the update twice."""
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.merged:
+            destination[prefix + 'weight'] = self.unmerged_weight()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                              missing_keys, unexpected_keys, error_msgs):
+        """Load an (unmerged) state dict; a merged layer is merged again with the loaded
+        adapters. Adapters of another rank or width are refused, naming key and shapes."""
+        factors = [(f'{prefix}lora_{ab}.{name}', param) for ab, params in
+                   (('A', self.lora_A), ('B', self.lora_B)) for name, param in params.items()]
+        for key, param in factors:
+            if key in state_dict and state_dict[key].shape != param.shape:
+                raise ValueError(
+                    f'{key}: the checkpoint has shape {tuple(state_dict[key].shape)}, the model '
+                    f'{tuple(param.shape)} (LoRA rank {self.rank}): the checkpoint\'s adapters '
+                    'are of another rank or layer width; build the model with the LoRA '
+                    'settings it was trained with')
+        self._merge_after_load = self.merged  # once the adapters (children) are loaded too
+        self.unmerge()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      missing_keys, unexpected_keys, error_msgs)
+
+    @staticmethod
+    def _merge_again(layer: 'LoRALinear', incompatible_keys) -> None:
+        if layer._merge_after_load:
+            layer._merge_after_load = False
+            layer.merge()
 
     def _add_update(self, out: torch.Tensor, update: torch.Tensor,
                     b: torch.Tensor) -> torch.Tensor:
@@ -242,3 +297,21 @@ def unmerge_lora(model: nn.Module) -> None:
     """Undo :func:`merge_lora`."""
     for layer in lora_layers(model):
         layer.unmerge()
+
+
+@torch.no_grad()
+def merged_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The tensors of ``model.state_dict()`` with every adapter folded into its layer's
+    weight and the adapter factors left out: the state dict of the same model without
+    LoRA, whether or not ``model`` is merged.
+
+    Args:
+        model (nn.Module): A model with :class:`LoRALinear` layers.
+    """
+    state = model.state_dict()
+    for name, layer in model.named_modules():
+        key = f'{name}.weight' if name else 'weight'
+        if isinstance(layer, LoRALinear) and key in state:
+            state[key] = layer.unmerged_weight() + layer.delta_weight().to(layer.weight.dtype)
+    return {k: v for k, v in state.items()
+            if isinstance(v, torch.Tensor) and '.lora_' not in k}

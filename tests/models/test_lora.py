@@ -2,7 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from dinolora_mmseg.models import DINOv2, LoRALinear, add_lora, merge_lora, unmerge_lora
+from dinolora_mmseg.models import (DINOv2, LoRALinear, add_lora, merge_lora, merged_state_dict,
+                                   unmerge_lora)
 from tests.helpers import TINY
 
 
@@ -188,6 +189,58 @@ def test_merge_and_unmerge(seed):
     assert (again - unmerged).abs().max() < 1e-5
     for n, p in model.named_parameters():
         assert torch.allclose(p, weights[n], atol=1e-6), n
+
+
+def merged_model(seed=0, **kwargs):
+    torch.manual_seed(seed)
+    model = DINOv2(arch=TINY, lora=dict(rank=3, alpha=6, targets=('q', 'v', 'fc1')),
+                   **kwargs).eval()
+    randomise_adapters(model, seed, std=0.05)
+    return model
+
+
+def test_a_state_dict_of_a_merged_model_applies_the_update_once():
+    model = merged_model()
+    x = torch.randn(1, 3, 28, 42)
+    with torch.no_grad():
+        expected = model(x)[0]
+        model.merge_lora()
+        saved = model.state_dict()
+        fresh = DINOv2(arch=TINY, lora=dict(rank=3, alpha=6, targets=('q', 'v', 'fc1'))).eval()
+        fresh.load_state_dict(saved)
+        assert (fresh(x)[0] - expected).abs().max() < 1e-5
+        # loaded into a merged model, the model stays merged with the loaded adapters
+        other = merged_model(seed=1)
+        other.merge_lora()
+        other.load_state_dict(saved)
+        assert all(layer.merged for layer in other.modules() if isinstance(layer, LoRALinear))
+        assert (other(x)[0] - expected).abs().max() < 1e-5
+        other.unmerge_lora()
+        assert (other(x)[0] - expected).abs().max() < 1e-5
+
+
+def test_merged_state_dict_is_the_model_without_lora():
+    model = merged_model()
+    x = torch.randn(1, 3, 28, 42)
+    plain = DINOv2(arch=TINY).eval()
+    for merged_first in (False, True):
+        if merged_first:
+            model.merge_lora()
+        plain.load_state_dict(merged_state_dict(model))
+        with torch.no_grad():
+            assert (plain(x)[0] - model(x)[0]).abs().max() < 1e-5
+
+
+def test_training_a_merged_model_is_refused():
+    model = merged_model()
+    model.merge_lora()
+    model.train()
+    with pytest.raises(RuntimeError, match='is merged .* Call unmerge_lora'):
+        model(torch.randn(1, 3, 28, 28))
+    with torch.no_grad():
+        model(torch.randn(1, 3, 28, 28))
+    model.unmerge_lora()
+    model(torch.randn(1, 3, 28, 28))[0].sum().backward()
 
 
 def test_block_range():
