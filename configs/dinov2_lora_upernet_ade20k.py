@@ -1,11 +1,15 @@
 # Mixing example: MMSeg's own UPerNet ADE20k config with its ResNet-50 swapped for
 # DINOv2 ViT-L/14-reg4 with LoRA. ViTFPN turns four blocks into the stride 4-32
 # pyramid UPerHead expects; dataset, schedule (SGD, 80k) and heads stay MMSeg's.
-# The stock 512 x 512 crops are not multiples of 14: the backbone pads them to 518.
+# The stock 512 x 512 crops are not multiples of 14: the data preprocessor pads every
+# batch to multiples of 14 instead of to 512 (train and test), so that predictions are
+# cropped back to the image instead of being resized from the padded one.
 _base_ = 'mmseg::upernet/upernet_r50_4xb4-80k_ade20k-512x512.py'
 custom_imports = dict(imports=['dinolora_mmseg'], allow_failed_imports=False)
 norm_cfg = dict(type='SyncBN', requires_grad=True)
+data_preprocessor = dict(size=None, size_divisor=14, test_cfg=dict(size_divisor=14))
 model = dict(
+    data_preprocessor=data_preprocessor,
     pretrained=None,
     backbone=dict(
         _delete_=True,

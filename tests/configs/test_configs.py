@@ -43,3 +43,23 @@ def test_config_builds_its_model(path):
     assert 'TrainableParamsHook' in [h['type'] for h in cfg.custom_hooks]
     assert 'WeightsOnlyCheckpointHook' in [h['type'] for h in cfg.custom_hooks]
     assert 'FiniteLossHook' in [h['type'] for h in cfg.custom_hooks]
+
+
+def pads_to_multiples_of(preprocessor: dict, patch: int) -> bool:
+    """Whether ``SegDataPreProcessor`` settings pad every input to multiples of ``patch``."""
+    size, divisor = preprocessor.get('size'), preprocessor.get('size_divisor')
+    if size is not None:
+        return size[0] % patch == 0 and size[1] % patch == 0
+    return divisor is not None and divisor % patch == 0
+
+
+@pytest.mark.parametrize('path', [c for c in TOP_LEVEL if osp.basename(c).startswith('dinov2')],
+                         ids=lambda p: osp.relpath(p, ROOT))
+def test_dinov2_inputs_are_padded_by_the_preprocessor(path):
+    """The segmentor crops the preprocessor's padding off the predictions; padding left to
+    the backbone would stretch them (tests/models/test_segmentor_padding.py)."""
+    cfg = Config.fromfile(path)
+    assert cfg.model.backbone.type == 'DINOv2'
+    preprocessor = cfg.model.data_preprocessor
+    assert pads_to_multiples_of(preprocessor, 14)
+    assert pads_to_multiples_of(preprocessor.get('test_cfg') or {}, 14)

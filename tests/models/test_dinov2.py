@@ -1,12 +1,17 @@
+import logging
 import math
+import os
 import urllib.error
 
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 from mmseg.registry import MODELS
 
 from dinolora_mmseg.models import DINOv2
+from dinolora_mmseg.models.backbones import dinov2
+from dinolora_mmseg.utils.fingerprint import tensor_fingerprint
 from tests.helpers import TINY, official_shapes, official_state_dict
 
 ARCHS = {'small': (384, 12, False), 'base': (768, 12, False),
@@ -33,7 +38,6 @@ def official_pos_embed(pos_embed, H, W, antialias, offset):
 
 def timm_features(state, embed_dims, depth, num_heads, reg, swiglu, x):
     """Final-normed patch tokens of timm's DINOv2, position embedding resized officially."""
-    timm = pytest.importorskip('timm')
     from timm.models.vision_transformer import checkpoint_filter_fn
     H, W = x.shape[-2:]
     name = 'vit_giant_patch14' if swiglu else 'vit_small_patch14'
@@ -92,7 +96,6 @@ def test_pos_embed_interpolation_is_official(reg, size):
 
 
 def test_reg4_interpolation_equals_timm_resample():
-    timm = pytest.importorskip('timm')
     model = DINOv2(arch=TINY, num_register_tokens=4)
     patch_pos = model.pos_embed[:, 1:]
     theirs = timm.layers.resample_abs_pos_embed(
@@ -117,8 +120,8 @@ def test_parameter_count_matches_official_layout(arch, reg):
     with torch.device('meta'):
         model = DINOv2(arch=arch, num_register_tokens=reg)
     assert sum(p.numel() for p in model.parameters()) == expected
-    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {
-        k: s for k, s in shapes.items() if k != 'mask_token'}
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()
+            if k != '_extra_state'} == {k: s for k, s in shapes.items() if k != 'mask_token'}
 
 
 def test_known_sizes():
@@ -192,7 +195,7 @@ def test_unfrozen_trains_everything():
 
 
 def test_safetensors_and_pth_give_identical_models(tmp_path):
-    safetensors = pytest.importorskip('safetensors.torch')
+    import safetensors.torch as safetensors
     state = official_state_dict(64, 3, 4)
     torch.save(state, tmp_path / 'w.pth')
     safetensors.save_file(state, str(tmp_path / 'w.safetensors'))
@@ -252,7 +255,11 @@ def test_checkpoints_leave_out_weights_the_pretrained_file_restores(tmp_path):
     model = DINOv2(arch=TINY, pretrained=str(tmp_path / 'w.pth'), lora=lora)
     saved = model.state_dict()
     assert set(saved) == {f'blocks.{i}.attn.qkv.lora_{m}.{t}'
-                          for i in range(3) for m in 'AB' for t in 'qv'}
+                          for i in range(3) for m in 'AB' for t in 'qv'} | {'_extra_state'}
+    weights = official_state_dict(64, 3)
+    del weights['mask_token']  # not part of the model
+    assert saved['_extra_state'] == dict(pretrained=str(tmp_path / 'w.pth'),
+                                         fingerprint=tensor_fingerprint(weights))
     fresh = DINOv2(arch=TINY, pretrained=str(tmp_path / 'w.pth'), lora=lora)
     fresh.load_state_dict(saved)  # strict: frozen weights come from the pretrained file
     for p, q in zip(model.parameters(), fresh.parameters()):
@@ -265,3 +272,83 @@ def test_random_init_checkpoints_carry_the_backbone():
     other = DINOv2(arch=TINY, lora=dict(rank=2, targets=('q', )))
     other.load_state_dict(model.state_dict())
     assert torch.equal(other.pos_embed, model.pos_embed)
+
+
+@pytest.fixture
+def two_pretrained_files(tmp_path):
+    """Two official-layout files of the same shapes and different weights."""
+    paths = []
+    for seed, name in enumerate(('trained_on.pth', 'other.pth')):
+        torch.save(official_state_dict(64, 3, seed=seed), tmp_path / name)
+        paths.append(str(tmp_path / name))
+    return paths
+
+
+LORA = dict(rank=2, alpha=2, targets=('q', 'v'))
+
+
+def test_adapters_trained_on_other_pretrained_weights_are_refused(two_pretrained_files):
+    trained_on, other = two_pretrained_files
+    saved = DINOv2(arch=TINY, pretrained=trained_on, lora=LORA).state_dict()
+    with pytest.raises(ValueError) as error:
+        DINOv2(arch=TINY, pretrained=other, lora=LORA).load_state_dict(saved)
+    assert f'trained on the pretrained weights {trained_on}' in str(error.value)
+    assert f'this model loaded {other}' in str(error.value)
+    DINOv2(arch=TINY, pretrained=trained_on, lora=LORA).load_state_dict(saved)
+    # the same tensors under another name are the same weights
+    copy = os.path.join(os.path.dirname(trained_on), 'copy.pth')
+    torch.save(torch.load(trained_on), copy)
+    DINOv2(arch=TINY, pretrained=copy, lora=LORA).load_state_dict(saved)
+    # an explicit override loads them anyway
+    DINOv2(arch=TINY, pretrained=other, lora=LORA, verify_pretrained=False).load_state_dict(saved)
+
+
+def test_adapters_without_their_pretrained_weights_are_refused(two_pretrained_files):
+    """Loaded leniently (as ``load_from`` does), the left-out frozen weights would stay
+    random without a word."""
+    saved = DINOv2(arch=TINY, pretrained=two_pretrained_files[0], lora=LORA).state_dict()
+    with pytest.raises(ValueError, match='this model has pretrained=None'):
+        DINOv2(arch=TINY, lora=LORA).load_state_dict(saved, strict=False)
+
+
+def test_checkpoints_from_before_fingerprints_still_load(two_pretrained_files):
+    model = DINOv2(arch=TINY, pretrained=two_pretrained_files[0], lora=LORA)
+    saved = model.state_dict()
+    del saved['_extra_state']
+    DINOv2(arch=TINY, pretrained=two_pretrained_files[0], lora=LORA).load_state_dict(saved)
+
+
+def test_tensors_of_another_shape_are_refused_naming_key_and_shapes():
+    wide = DINOv2(arch=dict(TINY, embed_dims=96)).state_dict()
+    with pytest.raises(ValueError, match=r'cls_token: the checkpoint has shape \(1, 1, 96\), '
+                       r'the model \(1, 1, 64\)'):
+        DINOv2(arch=TINY).load_state_dict(wide, strict=False)
+
+
+def test_adapters_of_another_rank_are_refused_naming_key_and_shapes():
+    rank4 = DINOv2(arch=TINY, lora=dict(LORA, rank=4)).state_dict()
+    with pytest.raises(ValueError, match=r'blocks.0.attn.qkv.lora_A.q: the checkpoint has '
+                       r'shape \(4, 64\), the model \(2, 64\)'):
+        DINOv2(arch=TINY, lora=LORA).load_state_dict(rank4, strict=False)
+
+
+def test_adapters_only_on_blocks_that_run():
+    model = DINOv2(arch=TINY, out_indices=(0, 1), lora=LORA)
+    adapted = {n.split('.')[1] for n, p in model.named_parameters() if p.requires_grad}
+    assert adapted == {'0', '1'}
+    with pytest.raises(ValueError, match=r'LoRA layers \[2\] come after block 1'):
+        DINOv2(arch=TINY, out_indices=(0, 1), lora=dict(LORA, layers=[1, 2]))
+
+
+def test_self_padding_warns_once(monkeypatch):
+    logged = []
+    monkeypatch.setattr(dinov2, 'print_log', lambda msg, **kwargs: logged.append((msg, kwargs)))
+    model = DINOv2(arch=TINY).eval()
+    model(torch.randn(1, 3, 28, 30))
+    model(torch.randn(1, 3, 28, 30))
+    model(torch.randn(1, 3, 28, 28))
+    warnings = [(m, k) for m, k in logged if 'not a multiple of the patch size' in m]
+    assert len(warnings) == 1
+    message, kwargs = warnings[0]
+    assert kwargs['level'] == logging.WARNING
+    assert 'padded to 28x42' in message and 'size_divisor=14' in message

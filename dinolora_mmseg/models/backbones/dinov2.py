@@ -1,6 +1,7 @@
 import logging
 import math
 from functools import partial
+from itertools import chain
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
@@ -12,8 +13,10 @@ from torch import nn
 from torch.utils.checkpoint import (CheckpointPolicy, checkpoint,
                                     create_selective_checkpoint_contexts)
 
+from ...utils.fingerprint import tensor_fingerprint
 from ...utils.weights import load_weights
-from ..lora import add_lora, merge_lora, train_adapters_only, unmerge_lora
+from ..lora import (LoRALinear, add_lora, merge_lora, train_adapters_only,
+                    unmerge_lora)
 from ..utils.dinov2_layers import Block, PatchEmbed
 
 OFFICIAL_URL = 'https://dl.fbaipublicfiles.com/dinov2/dinov2_vit{s}14/dinov2_vit{s}14{reg}_pretrain.pth'
@@ -72,11 +75,17 @@ class DINOv2(BaseModule):
         pretrained (str, optional): Local ``.pth``/``.pt``/``.safetensors`` file or
             ``http(s)`` URL of an official-layout checkpoint, loaded at construction.
             None leaves random weights (with a warning).
+        verify_pretrained (bool): Refuse to load a checkpoint (``load_from``,
+            ``tools/test.py``, ``--resume``) whose adapters were trained on other
+            pretrained weights than ``pretrained`` holds: checkpoints leave the frozen
+            weights out and record the fingerprint of the ones they were trained on.
         frozen (bool): Pretrained weights get ``requires_grad=False`` and stay in
             eval mode; only LoRA adapters (and downstream heads) train.
         lora (dict, optional): LoRA adapters: ``rank``, ``alpha``, ``dropout``,
             ``targets`` (any of ``'q'``, ``'k'``, ``'v'``, ``'qkv'``, ``'proj'``,
-            ``'fc1'``, ``'fc2'``) and ``layers`` (block indices, default all).
+            ``'fc1'``, ``'fc2'``) and ``layers`` (block indices, default every block up
+            to the last of ``out_indices``; later blocks do not run, so adapters there
+            are refused).
         with_cp (bool): Activation checkpointing while training: each block keeps
             its input and its attention output for the backward pass and recomputes
             the rest (linear layers, norms, activations).
@@ -103,6 +112,7 @@ class DINOv2(BaseModule):
                  interpolate_antialias: Optional[bool] = None,
                  interpolate_offset: Optional[float] = None,
                  pretrained: Optional[str] = None,
+                 verify_pretrained: bool = True,
                  frozen: bool = True,
                  lora: Optional[Dict] = None,
                  with_cp: bool = False,
@@ -139,6 +149,9 @@ class DINOv2(BaseModule):
         self._init_random()
 
         self.pretrained = pretrained
+        self.pretrained_fingerprint: Optional[str] = None
+        self.verify_pretrained = verify_pretrained
+        self._warned_padding = False
         if pretrained:
             self.load_pretrained(pretrained)
         else:
@@ -152,7 +165,7 @@ class DINOv2(BaseModule):
         if lora is not None:
             self._add_lora(**lora)
         self._register_state_dict_hook(self._drop_restorable_weights)
-        self._register_load_state_dict_pre_hook(self._restore_frozen_weights, with_module=False)
+        self._register_load_state_dict_pre_hook(self._check_and_complete, with_module=False)
 
     def _arch_settings(self, arch: Union[str, Dict]) -> Dict:
         if isinstance(arch, str):
@@ -215,7 +228,8 @@ class DINOv2(BaseModule):
             raise ValueError(f'{path} does not fit DINOv2(embed_dims={self.embed_dims}, '
                              f'num_layers={self.num_layers}, num_register_tokens='
                              f'{self.num_register_tokens}):\n  ' + '\n  '.join(lines))
-        self.load_state_dict(state)
+        self.pretrained_fingerprint = tensor_fingerprint(state)
+        self.load_state_dict({**state, '_extra_state': self.get_extra_state()})
         print_log(f'DINOv2: loaded pretrained weights from {path}', logger='current')
 
     def _add_lora(self, rank: int = 4, alpha: float = 4.0, dropout: float = 0.0,
@@ -232,8 +246,15 @@ class DINOv2(BaseModule):
                 'proj': ('attn.proj', (0, C)),
                 'fc1': (fc1, (0, self.blocks[0].get_submodule(fc1).out_features)),
                 'fc2': (fc2, (0, C))}
-        layers = range(self.num_layers) if layers is None else self._normalise_indices(
+        last = max(self.out_indices)
+        layers = range(last + 1) if layers is None else self._normalise_indices(
             layers, 'lora layers')
+        unused = sorted(index for index in layers if index > last)
+        if unused:
+            raise ValueError(f'LoRA layers {unused} come after block {last}, the last of '
+                             f'out_indices {list(self.out_indices)}: those blocks do not run, '
+                             'so their adapters would never train; leave them out of '
+                             'lora.layers')
         parts_by_module: Dict[str, Dict] = {}
         for index in layers:
             for target in targets:
@@ -259,13 +280,60 @@ class DINOv2(BaseModule):
                 state_dict.pop(prefix + key, None)
         return state_dict
 
-    def _restore_frozen_weights(self, state_dict, prefix, local_metadata, strict,
-                                missing_keys, unexpected_keys, error_msgs):
-        """Fill frozen weights a checkpoint left out with the ones loaded from ``pretrained``."""
-        if self.pretrained and self.frozen:
-            own = dict(self.named_parameters())
-            for key in self.frozen_keys:
-                state_dict.setdefault(prefix + key, own[key].detach())
+    def get_extra_state(self) -> Dict[str, Optional[str]]:
+        """Saved with every state dict: which pretrained weights the model was built on."""
+        return dict(pretrained=self.pretrained, fingerprint=self.pretrained_fingerprint)
+
+    def set_extra_state(self, state: Dict[str, Optional[str]]) -> None:
+        """Nothing to restore: the pretrained weights come from ``pretrained``; the
+        load pre-hook has compared their fingerprints already."""
+
+    def _frozen_value(self, key: str) -> torch.Tensor:
+        """The frozen parameter ``key`` as the pretrained file holds it (unmerged)."""
+        module_name, _, name = key.rpartition('.')
+        module = self.get_submodule(module_name)
+        if isinstance(module, LoRALinear) and name == 'weight':
+            return module.unmerged_weight()
+        return getattr(module, name).detach()
+
+    def _check_and_complete(self, state_dict, prefix, local_metadata, strict,
+                            missing_keys, unexpected_keys, error_msgs):
+        """Before loading: refuse tensors of other shapes and adapters trained on other
+        pretrained weights; fill in the frozen weights a checkpoint left out."""
+        own = dict(chain(self.named_parameters(), self.named_buffers()))
+        for name, value in own.items():
+            theirs = state_dict.get(prefix + name)
+            if isinstance(theirs, torch.Tensor) and theirs.shape != value.shape:
+                raise ValueError(f'{prefix}{name}: the checkpoint has shape '
+                                 f'{tuple(theirs.shape)}, the model {tuple(value.shape)}')
+        record = state_dict.get(prefix + '_extra_state') or {}
+        left_out = sorted(k for k in self.frozen_keys if prefix + k not in state_dict)
+        ours = dict(pretrained=self.pretrained, fingerprint=self.pretrained_fingerprint)
+        if left_out and any(k.startswith(prefix) for k in state_dict):
+            self._check_pretrained(record, ours, left_out)
+            for key in left_out:
+                state_dict[prefix + key] = self._frozen_value(key)
+        state_dict.setdefault(prefix + '_extra_state', ours)
+
+    def _check_pretrained(self, record: Dict, ours: Dict, left_out: Sequence[str]) -> None:
+        """Raise if the frozen weights a checkpoint left out cannot be the ones its
+        adapters were trained on."""
+        trained_on = record.get('pretrained') or 'an unrecorded file'
+        if not (self.pretrained and self.frozen):
+            raise ValueError(
+                f'the checkpoint leaves out {len(left_out)} frozen DINOv2 weights (e.g. '
+                f'{left_out[0]}): they come from the pretrained file it was trained with '
+                f'({trained_on}), but this model has pretrained=None; set '
+                'model.backbone.pretrained to that file')
+        if (self.verify_pretrained and record.get('fingerprint')
+                and record['fingerprint'] != ours['fingerprint']):
+            raise ValueError(
+                f'the checkpoint\'s adapters were trained on the pretrained weights '
+                f'{trained_on} (fingerprint {record["fingerprint"][:16]}), but this model '
+                f'loaded {self.pretrained} (fingerprint {ours["fingerprint"][:16]}): other '
+                'weights, so the adapters would compute something else. Point '
+                'model.backbone.pretrained at the file the checkpoint was trained with '
+                '(or set model.backbone.verify_pretrained=False to load it anyway)')
 
     def train(self, mode: bool = True) -> 'DINOv2':
         """Keep frozen weights in eval mode; LoRA dropout follows ``mode``."""
@@ -294,6 +362,19 @@ class DINOv2(BaseModule):
         patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, h * w, -1)
         return torch.cat([pos_embed[:, :1], patch_pos], dim=1).to(self.pos_embed.dtype)
 
+    def _warn_padding(self, height: int, width: int) -> None:
+        if self._warned_padding:
+            return
+        self._warned_padding = True
+        p = self.patch_size
+        print_log(
+            f'DINOv2: a {height}x{width} input is not a multiple of the patch size {p}: it is '
+            f'padded to {-(-height // p) * p}x{-(-width // p) * p}, and a segmentor resizes '
+            'logits of the padded image onto the unpadded one (stretched predictions). Pad in '
+            f'the data preprocessor instead (size_divisor={p}, test_cfg=dict(size_divisor='
+            f'{p})), which crops the padding off the predictions again', logger='current',
+            level=logging.WARNING)
+
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         B, _, H, W = x.shape
         p = self.patch_size
@@ -302,6 +383,7 @@ class DINOv2(BaseModule):
                              f'{p}x{p} patch')
         h, w = -(-H // p), -(-W // p)
         if (h * p, w * p) != (H, W):
+            self._warn_padding(H, W)
             x = F.pad(x, (0, w * p - W, 0, h * p - H))
         x = self.patch_embed(x)
         x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)
