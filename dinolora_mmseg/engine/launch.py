@@ -3,14 +3,26 @@ MMSeg's tools do, and the settings that let MMEngine run multi-process jobs on
 machines without CUDA."""
 import argparse
 import atexit
+import logging
 import os
 import os.path as osp
 from datetime import timedelta
+from typing import List
 
 import torch
 import torch.distributed as dist
 from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
+
+# Top-level config keys that mmengine's Runner (and MMSeg's tools) read; any other
+# top-level name is a plain variable of the config file.
+RUNNER_KEYS = frozenset((
+    'model', 'work_dir', 'train_dataloader', 'val_dataloader', 'test_dataloader', 'train_cfg',
+    'val_cfg', 'test_cfg', 'auto_scale_lr', 'optim_wrapper', 'param_scheduler',
+    'val_evaluator', 'test_evaluator', 'default_hooks', 'custom_hooks', 'data_preprocessor',
+    'load_from', 'resume', 'launcher', 'env_cfg', 'log_processor', 'log_level', 'visualizer',
+    'default_scope', 'randomness', 'experiment_name', 'model_wrapper_cfg', 'compile',
+    'custom_imports', 'runner_type', 'tta_model', 'tta_pipeline', 'cfg'))
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -23,12 +35,49 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
 
 
+def fields_holding(node, value, path: str = '') -> List[str]:
+    """Dotted paths (list items by index) of the entries of ``node`` equal to ``value``."""
+    if isinstance(node, dict):
+        items = node.items()
+    elif isinstance(node, (list, tuple)) and node != value:
+        items = enumerate(node)
+    else:
+        return [path] if path and type(node) is type(value) and node == value else []
+    return [found for key, child in items
+            for found in fields_holding(child, value, f'{path}.{key}' if path else str(key))]
+
+
+def warn_ineffective_options(cfg: Config, options: dict) -> None:
+    """Warn about ``--cfg-options`` that set a plain variable of the config file.
+
+    A top-level name such as ``max_iters`` or ``crop_size`` is read once, where the file
+    uses it, when the file is loaded; setting it afterwards changes nothing the Runner
+    reads. The warning names the fields that hold its value, which are what to set.
+    """
+    model_has_preprocessor = 'data_preprocessor' in cfg.get('model', {})
+    for key in options:
+        name = key.split('.')[0]
+        if name not in cfg or (name in RUNNER_KEYS and not (
+                name == 'data_preprocessor' and model_has_preprocessor)):
+            continue
+        value = cfg[name]
+        holders = [f for f in fields_holding(cfg.to_dict(), value) if f.split('.')[0] != name]
+        holders.sort(key=lambda field: not field.endswith('.' + name))  # same name first
+        instead = (f'set the field(s) that hold its value instead: {", ".join(holders[:6])}'
+                   if holders else 'nothing the Runner reads holds its value')
+        print_log(f'--cfg-options {key}={options[key]} has no effect: {name} is a variable '
+                  'of the config file, already used where the file refers to it when the file '
+                  f'was read; {instead}', logger='current', level=logging.WARNING)
+
+
 def load_config(args: argparse.Namespace) -> Config:
     """``args.config`` with ``--cfg-options`` applied and the work dir set as MMSeg's tools
-    do (``--work-dir``, else the config's, else ``./work_dirs/<config name>``)."""
+    do (``--work-dir``, else the config's, else ``./work_dirs/<config name>``); options
+    that cannot take effect are warned about (:func:`warn_ineffective_options`)."""
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     cfg = Config.fromfile(args.config)
     if args.cfg_options is not None:
+        warn_ineffective_options(cfg, args.cfg_options)
         cfg.merge_from_dict(args.cfg_options)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir

@@ -1,4 +1,5 @@
 """prepare_launch on a machine without CUDA (the CI machines have none)."""
+import argparse
 import os
 import subprocess
 import sys
@@ -6,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from dinolora_mmseg.engine import launch
 from tests.helpers import ROOT, free_port
 
 EXIT_CHECK = """
@@ -30,3 +32,31 @@ def test_gloo_group_is_created_and_destroyed_before_the_interpreter_ends():
     lines = result.stdout.splitlines()
     assert 'BN None gloo' in lines
     assert lines[-1] == 'initialized at exit: False'
+
+
+@pytest.fixture
+def logged(monkeypatch):
+    messages = []
+    monkeypatch.setattr(launch, 'print_log', lambda msg, **kwargs: messages.append(msg))
+    return messages
+
+
+def load(options):
+    args = argparse.Namespace(config=os.path.join(ROOT, 'configs/dinov2_lora_voc.py'),
+                              cfg_options=options, work_dir=None, local_rank=0)
+    return launch.load_config(args)
+
+
+def test_options_on_plain_variables_are_named_with_the_fields_to_set(logged):
+    cfg = load({'max_iters': 2})
+    assert cfg.train_cfg.max_iters == 20000  # mmengine ignores it: hence the warning
+    assert len(logged) == 1
+    assert '--cfg-options max_iters=2 has no effect' in logged[0]
+    assert 'train_cfg.max_iters, param_scheduler.1.end' in logged[0]
+    load({'crop_size': (28, 28)})
+    assert 'train_dataloader.dataset.pipeline.4.crop_size' in logged[1]
+
+
+def test_options_on_runner_fields_are_not_warned_about(logged):
+    cfg = load({'train_cfg.max_iters': 2, 'model.backbone.arch': 'small', 'work_dir': 'w'})
+    assert cfg.train_cfg.max_iters == 2 and not logged
