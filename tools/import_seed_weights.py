@@ -1,7 +1,8 @@
-"""Convert a weight file released by the original DINOv2-LoRA project into an MMSeg checkpoint.
+"""Convert a weight file released by the original DINOv2-LoRA project into an MMSeg checkpoint
+and a config that predicts what the original model predicts.
 
     python tools/import_seed_weights.py large_voc_lora.pt work_dirs/large_voc_lora.pth
-    python tools/test.py configs/dinov2_lora_voc.py work_dirs/large_voc_lora.pth
+    python tools/test.py work_dirs/large_voc_lora.py work_dirs/large_voc_lora.pth
 
 The original files (``large_voc_lora.pt``, ``large_voc_no_lora.pt``,
 ``large_ade20k_lora.pt`` ...) are flat ``torch.save`` dicts of CUDA ``nn.Parameter``s:
@@ -9,26 +10,42 @@ The original files (``large_voc_lora.pt``, ``large_voc_no_lora.pt``,
 query, odd = value, in block order; no scaling, i.e. alpha = r) and a 1x1-conv decoder
 ``classifier.weight`` (classes, dim, 1, 1) / ``classifier.bias`` applied to the
 final-normed last-block patch tokens of DINOv2 with 4 registers. The file is read
-weights-only on the CPU. The frozen DINOv2 weights come from the config's
-``pretrained`` file. The original project's FPN decoder files are not supported.
+weights-only on the CPU. The original project's FPN decoder files are not supported.
+
+Two files are written: the checkpoint (with ``meta.dataset_meta``: the classes and palette
+of MMSeg's Pascal VOC (21 classes) or ADE20k (150) dataset) and, next to it with the
+suffix ``.py``, a config based on ``configs/dinov2_{lora,linear}_{voc,ade20k}_original_490.py``
+that preprocesses images as the original project did (RGB / 255, no mean/std, resized to
+490 x 490) and sets the architecture, LoRA rank and pretrained DINOv2 file the weights need.
+The frozen DINOv2 weights come from that pretrained file (``--pretrained``, default the
+official download of the inferred size).
+
+The original project released DINOv3 files with the same keys; they cannot be told apart
+from DINOv2 files, so the backbone is a stated assumption (``--backbone``).
 """
 import argparse
+import io
 import os
+import os.path as osp
 import re
 
 import torch
+from mmseg.datasets import ADE20KDataset, PascalVOCDataset
 
+from dinolora_mmseg.models.backbones.dinov2 import DINOv2
 from dinolora_mmseg.utils import load_weights
 
 ARCHS = {384: ('small', 12), 768: ('base', 12), 1024: ('large', 24), 1536: ('giant', 40)}
-CONFIGS = {(21, True): 'configs/dinov2_lora_voc.py', (21, False): 'configs/dinov2_linear_voc.py',
-           (150, True): 'configs/dinov2_lora_ade20k.py',
-           (150, False): 'configs/dinov2_linear_ade20k.py'}
+DATASETS = {21: ('voc', PascalVOCDataset), 150: ('ade20k', ADE20KDataset)}
+CONFIG_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs')
 LORA_KEY = re.compile(r'w_([ab])_(\d{3})')
 
 
 def convert(state):
     """Map the original keys to ours, checking every shape.
+
+    Args:
+        state (dict[str, torch.Tensor]): The original file's tensors.
 
     Returns:
         tuple: (MMSeg state dict, dict with the inferred ``arch``, ``dim``, ``depth``,
@@ -54,6 +71,9 @@ def convert(state):
     if dim not in ARCHS:
         raise ValueError(f'classifier.weight has {dim} input channels; DINOv2 widths are '
                          f'{sorted(ARCHS)}')
+    if num_classes not in DATASETS:
+        raise ValueError(f'classifier.weight has {num_classes} classes; the original project '
+                         'trains Pascal VOC (21) or ADE20k (150)')
     arch, depth = ARCHS[dim]
     out = {'decode_head.conv_seg.weight': weight.detach().clone(),
            'decode_head.conv_seg.bias': bias.detach().clone()}
@@ -79,36 +99,110 @@ def convert(state):
     return out, dict(arch=arch, dim=dim, depth=depth, rank=rank, num_classes=num_classes)
 
 
-def main():
+def dataset_meta(num_classes):
+    """Classes and palette of MMSeg's dataset with ``num_classes`` (21: VOC, 150: ADE20k)."""
+    metainfo = DATASETS[num_classes][1].METAINFO
+    return dict(classes=tuple(metainfo['classes']),
+                palette=[list(color) for color in metainfo['palette']])
+
+
+def config_text(info, src, pretrained):
+    """The config for the imported weights: the shipped ``*_original_490.py`` one with the
+    architecture, rank and pretrained file of these weights.
+
+    Args:
+        info (dict): What :func:`convert` inferred from the file.
+        src (str): The original file, named in a comment.
+        pretrained (str, optional): DINOv2 file or URL; None: the official download
+            (inherited for ViT-L).
+
+    Returns:
+        tuple[str, str]: (config source, path of the shipped config it is based on)
+    """
+    kind = 'linear' if info['rank'] is None else 'lora'
+    base = osp.join(CONFIG_DIR, f'dinov2_{kind}_{DATASETS[info["num_classes"]][0]}_original_490.py')
+    backbone = [f'arch={info["arch"]!r}']
+    if pretrained or info['arch'] != 'large':
+        backbone.append(f'pretrained={pretrained or DINOv2.official_url(info["arch"], 4)!r}')
+    if info['rank'] not in (None, 3):
+        backbone.append(f'lora=dict(rank={info["rank"]}, alpha={info["rank"]})')
+    text = ('# Imported by tools/import_seed_weights.py as DINOv2 weights from\n'
+            f'# {src}\n'
+            '# The original project\'s input handling (RGB / 255 at 490 x 490) comes from _base_.\n'
+            f'_base_ = {base!r}\n'
+            f'model = dict(\n    backbone=dict({", ".join(backbone)}),\n'
+            f'    decode_head=dict(in_channels={info["dim"]}))\n')
+    return text, base
+
+
+def write_atomically(contents):
+    """Write every ``path: bytes`` of ``contents`` through temporary files, so that a failed
+    write leaves none of them, not even in part."""
+    try:
+        for path, data in contents.items():
+            os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+            with open(path + '.tmp', 'wb') as file:
+                file.write(data)
+    except OSError:
+        for path in contents:
+            if osp.exists(path + '.tmp'):
+                os.remove(path + '.tmp')
+        raise
+    for path in contents:
+        os.replace(path + '.tmp', path)
+
+
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('src', help='original .pt file')
-    parser.add_argument('out', help='MMSeg checkpoint to write')
-    args = parser.parse_args()
+    parser.add_argument('out', help='MMSeg checkpoint to write; the config goes next to it '
+                        '(same name, .py)')
+    parser.add_argument('--backbone', choices=['dinov2', 'dinov3'],
+                        help='backbone the file was trained on (default dinov2; the original '
+                        "project's DINOv3 files have the same keys)")
+    parser.add_argument('--pretrained', help='official DINOv2 file (local path or URL) for the '
+                        'written config; default the official download of the inferred size')
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    if args.backbone == 'dinov3':
+        raise SystemExit(f'{args.src}: DINOv3 files are not supported yet (there is no '
+                         'DINOv3 backbone); nothing was written')
+    if args.backbone is None:
+        if 'dinov3' in osp.abspath(args.src).lower():
+            raise SystemExit(f'{args.src}: the path names DINOv3, whose files have the same '
+                             'keys as DINOv2 files; pass --backbone dinov2 if it holds DINOv2 '
+                             'weights (DINOv3 is not supported yet)')
+        print('Assuming a DINOv2 file (the original project\'s DINOv3 files have the same '
+              'keys: pass --backbone dinov3)')
+    config_path = osp.splitext(args.out)[0] + '.py'
+    if config_path == args.out:
+        raise SystemExit(f'{args.out}: the checkpoint must not end with .py (the config is '
+                         'written as <out without suffix>.py)')
+    pretrained = args.pretrained
+    if pretrained and not pretrained.startswith(('http://', 'https://')):
+        if not osp.isfile(pretrained):
+            raise SystemExit(f'--pretrained {pretrained}: file not found')
+        pretrained = osp.abspath(pretrained)
     try:
         state, info = convert(load_weights(args.src))
-    except ValueError as error:
-        raise SystemExit(f'{args.src}: {error}')
-    config = CONFIGS.get((info['num_classes'], info['rank'] is not None),
-                         'configs/dinov2_lora_voc.py')
-    options = []
-    if info['arch'] != 'large':
-        options += [f'model.backbone.arch={info["arch"]}',
-                    f'model.decode_head.in_channels={info["dim"]}',
-                    f'model.backbone.pretrained=<dinov2_vit{info["arch"][0]}14_reg4_pretrain.pth>']
-    if info['rank'] not in (None, 3):
-        options += [f'model.backbone.lora.rank={info["rank"]}',
-                    f'model.backbone.lora.alpha={info["rank"]}']
-    if info['num_classes'] not in (21, 150):
-        options.append(f'model.decode_head.num_classes={info["num_classes"]}')
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    torch.save(dict(state_dict=state, meta=dict(imported_from=os.path.abspath(args.src))),
-               args.out + '.tmp')
-    os.replace(args.out + '.tmp', args.out)
-    usage = f'python tools/test.py {config} {args.out}'
-    if options:
-        usage += ' --cfg-options ' + ' '.join(options)
-    print(f'ViT-{info["arch"]} ({info["depth"]} blocks), LoRA rank {info["rank"]}, '
-          f'{info["num_classes"]} classes -> {args.out}\n{usage}')
+    except (OSError, ValueError, RuntimeError, EOFError) as error:
+        raise SystemExit(f'{args.src}: {str(error) or "the file ends early (empty or truncated)"}')
+    text, base = config_text(info, osp.abspath(args.src), pretrained)
+    meta = dict(imported_from=osp.abspath(args.src), dataset_meta=dataset_meta(info['num_classes']))
+    buffer = io.BytesIO()
+    torch.save(dict(state_dict=state, meta=meta), buffer)
+    write_atomically({args.out: buffer.getvalue(), config_path: text.encode()})
+    lora = 'no LoRA' if info['rank'] is None else f'LoRA rank {info["rank"]}'
+    print(f'ViT-{info["arch"]} ({info["depth"]} blocks), {lora}, '
+          f'{info["num_classes"]} classes ({DATASETS[info["num_classes"]][0]}) -> {args.out}\n'
+          f'Config {config_path}, based on {osp.relpath(base)}: predicts what the original '
+          'model predicts (RGB / 255, 490 x 490, logits resized to each image)\n'
+          f'python tools/test.py {config_path} {args.out}\n'
+          f'python tools/infer.py IMAGE --config {config_path} --checkpoint {args.out} '
+          '--out OUT_DIR')
 
 
 if __name__ == '__main__':
