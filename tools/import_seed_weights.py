@@ -171,10 +171,12 @@ def main():
         raise SystemExit(f'{args.src}: DINOv3 files are not supported yet (there is no '
                          'DINOv3 backbone); nothing was written')
     if args.backbone is None:
-        if 'dinov3' in osp.abspath(args.src).lower():
-            raise SystemExit(f'{args.src}: the path names DINOv3, whose files have the same '
-                             'keys as DINOv2 files; pass --backbone dinov2 if it holds DINOv2 '
-                             'weights (DINOv3 is not supported yet)')
+        named = osp.join(osp.basename(osp.dirname(osp.abspath(args.src))),
+                         osp.basename(args.src))
+        if 'dinov3' in named.lower():  # the original project keeps them in output/dinov3/
+            raise SystemExit(f'{args.src}: its name or folder names DINOv3, whose files have '
+                             'the same keys as DINOv2 files; pass --backbone dinov2 if it holds '
+                             'DINOv2 weights (DINOv3 is not supported yet)')
         print('Assuming a DINOv2 file (the original project\'s DINOv3 files have the same '
               'keys: pass --backbone dinov3)')
     config_path = osp.splitext(args.out)[0] + '.py'

@@ -218,7 +218,7 @@ def test_backbone_is_an_explicit_assumption(tmp_path, monkeypatch, capsys):
     src = tmp_path / 'output' / 'dinov3' / 'large_voc_lora.pt'
     src.parent.mkdir(parents=True)
     original_file(src, dim=1024, depth=24)
-    for options, message in [([], 'the path names DINOv3'),
+    for options, message in [([], 'its name or folder names DINOv3'),
                              (['--backbone', 'dinov3'], 'DINOv3 files are not supported yet')]:
         with pytest.raises(SystemExit, match=re.escape(str(src)) + '.*' + message):
             import_weights(monkeypatch, capsys, src, tmp_path / 'out.pth', *options)
