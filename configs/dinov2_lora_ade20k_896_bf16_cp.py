@@ -2,7 +2,7 @@
 # (a 64 x 64 patch grid), bfloat16 autocast (BF16OptimWrapper: CPU and GPU; weights,
 # gradients and optimizer state stay float32) and activation checkpointing of the
 # backbone (each block keeps its input and attention output, recomputes the rest).
-# Measured on ViT-S at 896 px with tools/benchmark.py: see the README's performance
+# Measured on ViT-S at 896 px with tools/analysis_tools/benchmark.py: see the README's performance
 # section. The pipelines are the base config's with the sizes scaled to 896 px; test
 # images are resized to a short side of 896 px.
 _base_ = './dinov2_lora_ade20k.py'

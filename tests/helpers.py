@@ -104,8 +104,9 @@ def make_demo_voc(root, num_train: int, num_val: int):
 
 
 def load_tool(name: str):
-    """Import ``tools/<name>.py`` (tools/ is not a package) as a module."""
-    spec = importlib.util.spec_from_file_location(f'tool_{name}',
+    """Import ``tools/<name>.py`` (tools/ is not a package; ``name`` may be in a subfolder,
+    e.g. ``'analysis_tools/benchmark'``) as a module."""
+    spec = importlib.util.spec_from_file_location(f'tool_{name.replace("/", "_")}',
                                                   os.path.join(ROOT, 'tools', f'{name}.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -32,7 +32,7 @@ bench() {  # NAME MODE ARGS...: one report into reports.jsonl, its printout into
     local name=$1 mode=$2
     shift 2
     echo "== $name" | tee -a "$OUT/log.txt"
-    "$PY" tools/benchmark.py "$CONFIG" --mode "$mode" --batch-size "$BATCH" \
+    "$PY" tools/analysis_tools/benchmark.py "$CONFIG" --mode "$mode" --batch-size "$BATCH" \
         --img-size "$SIZE" "$SIZE" --iters 20 --warmup 5 "${EXTRA[@]}" "$@" \
         --json "$REPORT" 2>&1 | grep -v -i warn | tail -12 | tee -a "$OUT/log.txt"
     [ -s "$REPORT" ] && "$PY" -c "import json, sys; r = json.load(open(sys.argv[1])); \

@@ -1,11 +1,10 @@
-"""tools/benchmark.py on a tiny model: complete reports, both references, the fast paths.
+"""tools/analysis_tools/benchmark.py on a tiny model: complete reports, both references, the
+fast paths.
 
 The parent side runs in this process (``main``); every measurement is a child process.
 """
 import json
-import os
 import os.path as osp
-import subprocess
 import sys
 
 import pytest
@@ -19,7 +18,7 @@ FIELDS = ('median_step_s', 'min_step_s', 'max_step_s', 'images_per_s', 'peak_mem
 
 @pytest.fixture(scope='module')
 def benchmark():
-    return load_tool('benchmark')
+    return load_tool('analysis_tools/benchmark')
 
 
 @pytest.fixture(scope='module')
@@ -108,33 +107,3 @@ def test_clear_errors(benchmark, config, monkeypatch):
     monkeypatch.setitem(sys.modules, 'peft', None)
     with pytest.raises(ImportError, match="needs the package 'peft'"):
         benchmark.main(common[:-2] + ['56', '56', '--mode', 'infer', '--reference', 'timm-peft'])
-
-
-FREED_BLOCK = """
-import torch
-from tests.helpers import load_tool
-benchmark = load_tool('benchmark')
-for _ in range(3):  # glibc's dynamic threshold would now keep 16 MiB blocks in the heap
-    blocks = [torch.ones(2**22) for _ in range(4)]
-    del blocks
-benchmark.trim_freed_memory()
-start = benchmark.reset_peak_rss()
-tensor = torch.ones(2**22)
-del tensor
-print((benchmark.proc_status_bytes('VmHWM') - start) / 2**20,
-      (benchmark.proc_status_bytes('VmRSS') - start) / 2**20)
-"""
-
-
-@pytest.mark.parametrize('memory_child', [True, False])
-def test_cpu_peak_memory_follows_live_tensors(benchmark, memory_child):
-    """In the memory child's environment, a new 16 MiB tensor shows in the peak RSS and
-    leaves the RSS when freed, whatever blocks were freed before. In the default one the
-    heap reuses freed blocks for it, resident (the peak misses it) or trimmed (it stays
-    resident after it is freed)."""
-    env = dict(os.environ, **benchmark.MEMORY_CHILD_ENV) if memory_child else None
-    for _ in range(3):  # the heap's layout varies from run to run
-        result = subprocess.run([sys.executable, '-c', FREED_BLOCK], cwd=ROOT, env=env,
-                                capture_output=True, text=True, check=True)
-        peak, after = map(float, result.stdout.split())
-        assert (15 < peak < 17 and after < 1) == memory_child, (peak, after)

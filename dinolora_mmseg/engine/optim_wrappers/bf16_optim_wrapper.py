@@ -1,4 +1,3 @@
-import time
 from contextlib import contextmanager
 from typing import Tuple
 
@@ -8,25 +7,18 @@ from mmengine.optim import OptimWrapper
 from mmseg.registry import OPTIM_WRAPPERS
 from torch import nn
 
+from ...benchmark.measure import matmul_rate
+
 # bfloat16 matrix products below this fraction of the float32 rate are emulated (no
 # AVX-512 BF16 or AMX): hundreds of times slower, not a trade of speed for memory.
 MIN_BF16_SPEED = 0.1
 
 
 def matmul_rates(size: int = 256) -> Tuple[float, float]:
-    """GFLOP/s of a ``size`` x ``size`` CPU matrix product in bfloat16 and in float32
-    (the best of three, after one warm-up)."""
-    rates = []
-    for dtype in (torch.bfloat16, torch.float32):
-        a, b = torch.randn(2, size, size).to(dtype)
-        a @ b
-        best = float('inf')
-        for _ in range(3):
-            start = time.perf_counter()
-            a @ b
-            best = min(best, time.perf_counter() - start)
-        rates.append(2 * size**3 / best / 1e9)
-    return rates[0], rates[1]
+    """GFLOP/s of a ``size`` x ``size`` CPU matrix product in bfloat16 and in float32."""
+    cpu = torch.device('cpu')
+    return (matmul_rate(cpu, torch.bfloat16, size, repeats=3),
+            matmul_rate(cpu, torch.float32, size, repeats=3))
 
 
 def check_cpu_bfloat16_speed() -> None:

@@ -1,7 +1,7 @@
 """Time training steps or inference of a segmentor: speed, memory, FLOPs, references.
 
-    python tools/benchmark.py CONFIG --mode {train,infer} --batch-size B --img-size H W \
-        [--amp] [--with-cp] [--merge-lora] [--iters N] [--warmup N] [--rounds R] \
+    python tools/analysis_tools/benchmark.py CONFIG --mode {train,infer} --batch-size B \
+        --img-size H W [--amp] [--with-cp] [--merge-lora] [--iters N] [--warmup N] [--rounds R] \
         [--memory-steps N] \
         [--reference {timm-peft,naive-attention,no-lora}] [--json OUT] [--cfg-options ...]
 
@@ -31,43 +31,26 @@ reference / ours: of the medians over all rounds, and (``time_ratio_paired``) th
 median of each round's own time ratio.
 """
 import argparse
-import copy
-import ctypes
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from contextlib import nullcontext
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from mmengine.config import Config, DictAction
-from mmengine.optim import build_optim_wrapper
-from mmengine.registry import init_default_scope
-from mmengine.structures import PixelData
-from mmseg.registry import MODELS
-from mmseg.structures import SegDataSample
-from torch import nn
-from torch.utils.flop_counter import (FlopCounterMode, sdpa_backward_flop_count,
-                                      sdpa_flop_count)
 
-from dinolora_mmseg.models import merge_lora
-from dinolora_mmseg.models.lora import lora_layers
-from dinolora_mmseg.models.utils.dinov2_layers import Attention, linear_after_norm
+from dinolora_mmseg.benchmark.measure import (MEMORY_CHILD_ENV, count_flops, cpu_model,
+                                              matmul_rate, proc_status_bytes, reset_peak_rss,
+                                              synchronize, time_steps, trim_freed_memory)
+from dinolora_mmseg.benchmark.references import (REFERENCES, check_reference,
+                                                 naive_attention_forward)
+from dinolora_mmseg.benchmark.workloads import build_workload
+from dinolora_mmseg.models.utils.dinov2_layers import Attention
 from dinolora_mmseg.utils.weights import hub_cache_path, is_url
-
-REFERENCES = ('timm-peft', 'naive-attention', 'no-lora')
-# glibc maps blocks of 128 KiB and more on their own and unmaps them when freed, instead
-# of moving large blocks into the heap, where freed memory stays resident and is reused
-# unseen by the RSS. Only the memory child runs so: its steps are ~45 % slower.
-MEMORY_CHILD_ENV = dict(MALLOC_MMAP_THRESHOLD_=str(128 * 1024))
-TIMM_NAMES = dict(small='vit_small_patch14', base='vit_base_patch14',
-                  large='vit_large_patch14', giant='vit_giant_patch14')
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -136,293 +119,6 @@ def load_config(args: argparse.Namespace) -> Tuple[Config, List[str]]:
     if args.with_cp:
         backbone.with_cp = True
     return cfg, notes
-
-
-def check_reference(cfg: Config, args: argparse.Namespace) -> List[str]:
-    """Refuse a reference that cannot run for ``cfg``; notes on how it differs from ours.
-
-    Raises:
-        ImportError: ``timm-peft`` without the ``timm`` or ``peft`` package.
-        ValueError: The backbone is not DINOv2, timm-peft or no-lora without LoRA, or
-            timm-peft with an image size that is not a multiple of the patch size.
-    """
-    backbone = cfg.model.backbone
-    if backbone.type != 'DINOv2':
-        raise ValueError(f'--reference {args.reference} replaces a DINOv2 backbone; '
-                         f'{args.config} builds {backbone.type}')
-    if args.reference == 'naive-attention':
-        return ['naive-attention: our model with softmax(QK^T/sqrt(d))V materialised '
-                'instead of F.scaled_dot_product_attention']
-    lora = backbone.get('lora')
-    if not lora:
-        raise ValueError(f'--reference {args.reference} compares against LoRA adapters; '
-                         f'{args.config} has no model.backbone.lora')
-    if args.reference == 'no-lora':
-        return ['no-lora: our model without model.backbone.lora']
-    patch = backbone.get('patch_size', 14)
-    if any(side % patch for side in args.img_size):
-        raise ValueError(f'--reference timm-peft needs --img-size multiples of {patch} '
-                         f'(timm does not pad), got {args.img_size}')
-    import_timm_peft()
-    return ['timm-peft: peft cannot adapt the q/k/v thirds of the fused qkv separately; '
-            f'it adapts all of qkv with rank {lora.get("rank", 4)} (ours: '
-            f'{", ".join(lora.get("targets", ("q", "v")))})',
-            'timm-peft: timm builds its position embedding at the input size (no resizing '
-            'in the forward pass, fewer parameters); ours resizes the trained grid each '
-            'forward pass']
-
-
-def import_timm_peft():
-    """``(timm, peft)``, or an ImportError that names the missing package."""
-    try:
-        import peft
-        import timm
-    except ImportError as error:
-        raise ImportError(f'--reference timm-peft needs the package {error.name!r}: '
-                          f'pip install {error.name} (or pip install -e ".[bench]")') from error
-    return timm, peft
-
-
-def naive_attention_forward(self: Attention, x: torch.Tensor,
-                            norm: Optional[nn.LayerNorm] = None) -> torch.Tensor:
-    """``Attention.forward`` with the attention matrix materialised (the reference)."""
-    B, N, C = x.shape
-    qkv = linear_after_norm(self.qkv, x, norm).reshape(B, N, 3, self.num_heads,
-                                                         C // self.num_heads)
-    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-    weights = ((q * q.shape[-1]**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
-    return self.proj((weights @ v).transpose(1, 2).reshape(B, N, C))
-
-
-class TimmPeftSegmentor(nn.Module):
-    """The ``timm-peft`` reference: a peft-adapted timm ViT and a 1x1-conv head.
-
-    Args:
-        backbone (nn.Module): timm ``VisionTransformer`` wrapped by ``peft.get_peft_model``.
-        num_classes (int): Output classes.
-    """
-
-    def __init__(self, backbone: nn.Module, num_classes: int):
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Conv2d(backbone.embed_dim, num_classes, 1)
-
-    def merge_lora(self) -> None:
-        """Fold the adapters into the weights (peft's ``merge_and_unload``)."""
-        self.backbone = self.backbone.merge_and_unload()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, _, H, W = x.shape
-        p = self.backbone.patch_embed.patch_size[0]
-        tokens = self.backbone.forward_features(x)[:, self.backbone.num_prefix_tokens:]
-        features = tokens.transpose(1, 2).reshape(B, -1, H // p, W // p)
-        return F.interpolate(self.head(features), size=(H, W), mode='bilinear',
-                             align_corners=False)
-
-
-def build_timm_peft(cfg: Config, img_size: Sequence[int]) -> TimmPeftSegmentor:
-    """timm's DINOv2 of the config's arch and registers, peft LoRA on ``qkv``, 1x1 head."""
-    timm, peft = import_timm_peft()
-    backbone = cfg.model.backbone
-    arch, reg = backbone.get('arch', 'large'), backbone.get('num_register_tokens', 0)
-    if isinstance(arch, str):
-        name, sizes = TIMM_NAMES[arch], {}
-    else:
-        name = 'vit_giant_patch14' if arch.get('ffn_type') == 'swiglu' else 'vit_small_patch14'
-        sizes = dict(embed_dim=arch['embed_dims'], depth=arch['num_layers'],
-                     num_heads=arch['num_heads'])
-    vit = timm.create_model(name + ('_reg4_dinov2' if reg else '_dinov2'), pretrained=False,
-                            num_classes=0, img_size=tuple(img_size), reg_tokens=reg, **sizes)
-    vit.set_grad_checkpointing(backbone.get('with_cp', False))
-    lora = backbone.lora
-    layers = lora.get('layers')
-    targets = ['qkv'] if layers is None else [
-        f'blocks.{i % len(vit.blocks)}.attn.qkv' for i in layers]
-    config = peft.LoraConfig(r=lora.get('rank', 4), lora_alpha=lora.get('alpha', 4.0),
-                             lora_dropout=lora.get('dropout', 0.0), target_modules=targets)
-    return TimmPeftSegmentor(peft.get_peft_model(vit, config),
-                             cfg.model.decode_head.num_classes)
-
-
-class Workload(NamedTuple):
-    """A step to time and the parameter counts of the model it runs."""
-    step: Callable[[], None]
-    params_total: int
-    params_trainable: int
-
-
-def build_workload(cfg: Config, variant: str, mode: str, batch_size: int,
-                   img_size: Sequence[int], device: torch.device, amp: bool = False,
-                   merge: bool = False) -> Workload:
-    """One training step or inference of ``variant`` on random inputs, as a callable.
-
-    Args:
-        cfg (Config): Config of our model (the references are built to match it).
-        variant (str): ``'ours'`` or one of :data:`REFERENCES` (``naive-attention``
-            expects ``Attention.forward`` already patched; ``no-lora`` ignores
-            ``merge``).
-        mode (str): ``'train'`` or ``'infer'``.
-        batch_size (int): Images per step.
-        img_size (Sequence[int]): ``(H, W)`` of the inputs.
-        device (torch.device): Where to run.
-        amp (bool): bfloat16 autocast of the forward pass and loss.
-        merge (bool): Fold the LoRA adapters into the weights first.
-    """
-    H, W = img_size
-    if variant == 'timm-peft':
-        model = build_timm_peft(cfg, img_size)
-    else:
-        init_default_scope(cfg.get('default_scope', 'mmseg'))
-        model_cfg = copy.deepcopy(cfg.model)
-        if variant == 'no-lora':
-            model_cfg.backbone.lora = None
-            merge = False
-        model = MODELS.build(model_cfg)
-    params = list(model.parameters())
-    params_total = sum(p.numel() for p in params)
-    params_trainable = sum(p.numel() for p in params if p.requires_grad)
-    if merge:
-        if variant == 'timm-peft':
-            model.merge_lora()
-        elif next(lora_layers(model), None) is None:
-            raise ValueError(f'--merge-lora: {cfg.filename} builds a model without LoRA adapters')
-        else:
-            merge_lora(model)
-    model.to(device).train(mode == 'train')
-
-    generator = torch.Generator(device).manual_seed(0)
-    inputs = torch.randn(batch_size, 3, H, W, device=device, generator=generator)
-    labels = torch.randint(cfg.model.decode_head.num_classes, (batch_size, H, W),
-                           device=device, generator=generator)
-    meta = dict(img_shape=(H, W), pad_shape=(H, W), ori_shape=(H, W))
-    if variant == 'timm-peft':
-        def logits():
-            return model(inputs)
-
-        def loss():
-            return F.cross_entropy(model(inputs), labels, ignore_index=255)
-    else:
-        samples = [SegDataSample(metainfo=meta, gt_sem_seg=PixelData(data=label[None]))
-                   for label in labels]
-
-        def logits():
-            return model.encode_decode(inputs, [meta] * batch_size)
-
-        def loss():
-            return model.parse_losses(model.loss(inputs, samples))[0]
-
-    def autocast():
-        return torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
-
-    if mode == 'infer':
-        def step():
-            with torch.no_grad(), autocast():
-                logits()
-    else:
-        optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
-
-        def step():
-            with autocast():
-                value = loss()
-            optim_wrapper.update_params(value)
-    return Workload(step, params_total, params_trainable)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
-def time_steps(step: Callable[[], None], iters: int, warmup: int,
-               device: torch.device) -> List[float]:
-    """Seconds of each of ``iters`` calls of ``step`` after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(iters):
-        synchronize(device)
-        start = time.perf_counter()
-        step()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def matmul_rate(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 5) -> float:
-    """GFLOP/s of a ``size`` x ``size`` matrix product of ``dtype`` (fastest of ``repeats``).
-
-    The machine's rate is a peak, so the fastest product is its best estimate.
-    """
-    generator = torch.Generator(device).manual_seed(0)
-    a, b = (torch.randn(size, size, device=device, generator=generator).to(dtype)
-            for _ in range(2))
-    times = time_steps(lambda: a @ b, repeats, 1, device)
-    return 2 * size**3 / min(times) / 1e9
-
-
-def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_flop_count(query, key, value)
-
-
-def _cpu_sdpa_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
-    return sdpa_backward_flop_count(grad_out, query, key, value)
-
-
-def count_flops(step: Callable[[], None]) -> int:
-    """FLOPs of one call of ``step`` as ``FlopCounterMode`` counts them.
-
-    Matmuls, convolutions and attention, forward and backward (the attention backward
-    as torch counts it, with the recomputed scores; with activation checkpointing the
-    recomputed forward too). torch counts its GPU attention kernels only; the CPU
-    kernel is counted here with the same formulas.
-    """
-    aten = torch.ops.aten
-    cpu_sdpa = {aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
-                aten._scaled_dot_product_flash_attention_for_cpu_backward:
-                _cpu_sdpa_backward_flops}
-    with FlopCounterMode(display=False, custom_mapping=cpu_sdpa) as counter:
-        step()
-    return counter.get_total_flops()
-
-
-def proc_status_bytes(field: str) -> int:
-    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``, ...) in bytes."""
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(field + ':'):
-                return int(line.split()[1]) * 1024
-    raise KeyError(f'{field} is not in /proc/self/status')
-
-
-def reset_peak_rss() -> int:
-    """Reset this process's peak RSS (``VmHWM``) to its current RSS, which is returned.
-
-    ``getrusage(RUSAGE_SELF).ru_maxrss`` cannot be used: it is never reset and a child
-    started by ``subprocess`` (vfork + exec) inherits the parent's peak in it.
-
-    Raises:
-        OSError: Not Linux, or ``/proc/self/clear_refs`` is not writable.
-    """
-    try:
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')
-    except OSError as error:
-        raise OSError('Peak memory on the CPU needs Linux /proc/self/clear_refs '
-                      f'({error})') from error
-    return proc_status_bytes('VmRSS')
-
-
-def trim_freed_memory() -> None:
-    """Return the C heap's free memory to the system (glibc ``malloc_trim``).
-
-    Raises:
-        OSError: The C library is not glibc.
-    """
-    try:
-        malloc_trim = ctypes.CDLL('libc.so.6').malloc_trim
-    except (OSError, AttributeError) as error:
-        raise OSError(f'Peak memory on the CPU needs glibc ({error})') from error
-    malloc_trim(0)
 
 
 def run_worker(args: argparse.Namespace) -> Dict:
@@ -507,17 +203,6 @@ def summarise(runs: List[Dict], memory: Dict, batch_size: int, matmul_gflops: fl
                 matmul_share=achieved / matmul_gflops, step_times_s=times)
 
 
-def cpu_model() -> str:
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return 'unknown'
-
-
 def print_report(report: Dict) -> None:
     flags = [f for f in ('amp', 'with_cp', 'merge_lora') if report[f]]
     print(f"\n{report['config']}: {report['mode']}, batch {report['batch_size']}, "
@@ -562,7 +247,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[Dict]:
 
     cfg, notes = load_config(args)
     if args.reference:
-        notes += check_reference(cfg, args)
+        notes += check_reference(cfg, args.reference, args.img_size, args.config)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.amp else torch.float32
     size = args.matmul_size or (8192 if device.type == 'cuda' else 2048)

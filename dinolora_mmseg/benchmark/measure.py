@@ -1,0 +1,143 @@
+"""Measuring a step: its time, its FLOPs, the machine's matrix-multiply rate, and the
+peak memory of a CPU process."""
+import ctypes
+import time
+from typing import Callable, List
+
+import torch
+from torch.utils.flop_counter import (FlopCounterMode, sdpa_backward_flop_count,
+                                      sdpa_flop_count)
+
+# glibc maps blocks of 128 KiB and more on their own and unmaps them when freed, instead
+# of moving large blocks into the heap, where freed memory stays resident and is reused
+# unseen by the RSS. A process measuring peak memory runs so; its steps are ~45 % slower.
+MEMORY_CHILD_ENV = dict(MALLOC_MMAP_THRESHOLD_=str(128 * 1024))
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU)."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step: Callable[[], None], iters: int, warmup: int,
+               device: torch.device) -> List[float]:
+    """Seconds of each of ``iters`` calls of ``step`` after ``warmup`` untimed ones.
+
+    Args:
+        step (Callable): The work to time.
+        iters (int): Timed calls.
+        warmup (int): Untimed calls first.
+        device (torch.device): Synchronised around each timed call.
+    """
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(iters):
+        synchronize(device)
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 5) -> float:
+    """GFLOP/s of a ``size`` x ``size`` matrix product of ``dtype`` (fastest of ``repeats``
+    after one warm-up): the machine's rate is a peak, so the fastest is its best estimate.
+
+    Args:
+        device (torch.device): Where to multiply.
+        dtype (torch.dtype): Element type.
+        size (int): Side of the square matrices.
+        repeats (int): Timed products.
+    """
+    generator = torch.Generator(device).manual_seed(0)
+    a, b = (torch.randn(size, size, device=device, generator=generator).to(dtype)
+            for _ in range(2))
+    times = time_steps(lambda: a @ b, repeats, 1, device)
+    return 2 * size**3 / min(times) / 1e9
+
+
+def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_sdpa_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+def count_flops(step: Callable[[], None]) -> int:
+    """FLOPs of one call of ``step`` as ``FlopCounterMode`` counts them.
+
+    Matmuls, convolutions and attention, forward and backward (the attention backward
+    as torch counts it, with the recomputed scores; with activation checkpointing the
+    recomputed forward too). torch counts its GPU attention kernels only; the CPU
+    kernel is counted here with the same formulas.
+
+    Args:
+        step (Callable): The work to count.
+    """
+    aten = torch.ops.aten
+    cpu_sdpa = {aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
+                aten._scaled_dot_product_flash_attention_for_cpu_backward:
+                _cpu_sdpa_backward_flops}
+    with FlopCounterMode(display=False, custom_mapping=cpu_sdpa) as counter:
+        step()
+    return counter.get_total_flops()
+
+
+def proc_status_bytes(field: str) -> int:
+    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``, ...) in bytes.
+
+    Args:
+        field (str): The field's name.
+    """
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1]) * 1024
+    raise KeyError(f'{field} is not in /proc/self/status')
+
+
+def reset_peak_rss() -> int:
+    """Reset this process's peak RSS (``VmHWM``) to its current RSS, which is returned.
+
+    ``getrusage(RUSAGE_SELF).ru_maxrss`` cannot be used: it is never reset and a child
+    started by ``subprocess`` (vfork + exec) inherits the parent's peak in it.
+
+    Raises:
+        OSError: Not Linux, or ``/proc/self/clear_refs`` is not writable.
+    """
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+    except OSError as error:
+        raise OSError('Peak memory on the CPU needs Linux /proc/self/clear_refs '
+                      f'({error})') from error
+    return proc_status_bytes('VmRSS')
+
+
+def trim_freed_memory() -> None:
+    """Return the C heap's free memory to the system (glibc ``malloc_trim``).
+
+    Raises:
+        OSError: The C library is not glibc.
+    """
+    try:
+        malloc_trim = ctypes.CDLL('libc.so.6').malloc_trim
+    except (OSError, AttributeError) as error:
+        raise OSError(f'Peak memory on the CPU needs glibc ({error})') from error
+    malloc_trim(0)
+
+
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` ('unknown' where there is none)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return 'unknown'

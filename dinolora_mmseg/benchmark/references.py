@@ -1,0 +1,131 @@
+"""Other implementations of our workload that the benchmark compares against."""
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from mmengine.config import Config
+from torch import nn
+
+from ..models.utils.dinov2_layers import Attention, linear_after_norm
+
+REFERENCES = ('timm-peft', 'naive-attention', 'no-lora')
+TIMM_NAMES = dict(small='vit_small_patch14', base='vit_base_patch14',
+                  large='vit_large_patch14', giant='vit_giant_patch14')
+
+
+def naive_attention_forward(self: Attention, x: torch.Tensor,
+                            norm: Optional[nn.LayerNorm] = None) -> torch.Tensor:
+    """``Attention.forward`` with the attention matrix materialised (the reference)."""
+    B, N, C = x.shape
+    qkv = linear_after_norm(self.qkv, x, norm).reshape(B, N, 3, self.num_heads,
+                                                         C // self.num_heads)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    weights = ((q * q.shape[-1]**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
+    return self.proj((weights @ v).transpose(1, 2).reshape(B, N, C))
+
+
+def check_reference(cfg: Config, reference: str, img_size: Sequence[int],
+                    config_name: str) -> List[str]:
+    """Refuse a reference that cannot run for ``cfg``; notes on how it differs from ours.
+
+    Args:
+        cfg (Config): Config of our model.
+        reference (str): One of :data:`REFERENCES`.
+        img_size (Sequence[int]): ``(H, W)`` of the inputs.
+        config_name (str): The config's file, for the messages.
+
+    Raises:
+        ImportError: ``timm-peft`` without the ``timm`` or ``peft`` package.
+        ValueError: The backbone is not DINOv2, timm-peft or no-lora without LoRA, or
+            timm-peft with an image size that is not a multiple of the patch size.
+    """
+    backbone = cfg.model.backbone
+    if backbone.type != 'DINOv2':
+        raise ValueError(f'--reference {reference} replaces a DINOv2 backbone; '
+                         f'{config_name} builds {backbone.type}')
+    if reference == 'naive-attention':
+        return ['naive-attention: our model with softmax(QK^T/sqrt(d))V materialised '
+                'instead of F.scaled_dot_product_attention']
+    lora = backbone.get('lora')
+    if not lora:
+        raise ValueError(f'--reference {reference} compares against LoRA adapters; '
+                         f'{config_name} has no model.backbone.lora')
+    if reference == 'no-lora':
+        return ['no-lora: our model without model.backbone.lora']
+    patch = backbone.get('patch_size', 14)
+    if any(side % patch for side in img_size):
+        raise ValueError(f'--reference timm-peft needs --img-size multiples of {patch} '
+                         f'(timm does not pad), got {img_size}')
+    import_timm_peft()
+    return ['timm-peft: peft cannot adapt the q/k/v thirds of the fused qkv separately; '
+            f'it adapts all of qkv with rank {lora.get("rank", 4)} (ours: '
+            f'{", ".join(lora.get("targets", ("q", "v")))})',
+            'timm-peft: timm builds its position embedding at the input size (no resizing '
+            'in the forward pass, fewer parameters); ours resizes the trained grid each '
+            'forward pass']
+
+
+def import_timm_peft():
+    """``(timm, peft)``, or an ImportError that names the missing package."""
+    try:
+        import peft
+        import timm
+    except ImportError as error:
+        raise ImportError(f'--reference timm-peft needs the package {error.name!r}: '
+                          f'pip install {error.name} (or pip install -e ".[bench]")') from error
+    return timm, peft
+
+
+class TimmPeftSegmentor(nn.Module):
+    """The ``timm-peft`` reference: a peft-adapted timm ViT and a 1x1-conv head.
+
+    Args:
+        backbone (nn.Module): timm ``VisionTransformer`` wrapped by ``peft.get_peft_model``.
+        num_classes (int): Output classes.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Conv2d(backbone.embed_dim, num_classes, 1)
+
+    def merge_lora(self) -> None:
+        """Fold the adapters into the weights (peft's ``merge_and_unload``)."""
+        self.backbone = self.backbone.merge_and_unload()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = x.shape
+        p = self.backbone.patch_embed.patch_size[0]
+        tokens = self.backbone.forward_features(x)[:, self.backbone.num_prefix_tokens:]
+        features = tokens.transpose(1, 2).reshape(B, -1, H // p, W // p)
+        return F.interpolate(self.head(features), size=(H, W), mode='bilinear',
+                             align_corners=False)
+
+
+def build_timm_peft(cfg: Config, img_size: Sequence[int]) -> TimmPeftSegmentor:
+    """timm's DINOv2 of the config's arch and registers, peft LoRA on ``qkv``, 1x1 head.
+
+    Args:
+        cfg (Config): Config of our model (a DINOv2 backbone with ``lora``).
+        img_size (Sequence[int]): ``(H, W)`` timm builds its position embedding for.
+    """
+    timm, peft = import_timm_peft()
+    backbone = cfg.model.backbone
+    arch, reg = backbone.get('arch', 'large'), backbone.get('num_register_tokens', 0)
+    if isinstance(arch, str):
+        name, sizes = TIMM_NAMES[arch], {}
+    else:
+        name = 'vit_giant_patch14' if arch.get('ffn_type') == 'swiglu' else 'vit_small_patch14'
+        sizes = dict(embed_dim=arch['embed_dims'], depth=arch['num_layers'],
+                     num_heads=arch['num_heads'])
+    vit = timm.create_model(name + ('_reg4_dinov2' if reg else '_dinov2'), pretrained=False,
+                            num_classes=0, img_size=tuple(img_size), reg_tokens=reg, **sizes)
+    vit.set_grad_checkpointing(backbone.get('with_cp', False))
+    lora = backbone.lora
+    layers = lora.get('layers')
+    targets = ['qkv'] if layers is None else [
+        f'blocks.{i % len(vit.blocks)}.attn.qkv' for i in layers]
+    config = peft.LoraConfig(r=lora.get('rank', 4), lora_alpha=lora.get('alpha', 4.0),
+                             lora_dropout=lora.get('dropout', 0.0), target_modules=targets)
+    return TimmPeftSegmentor(peft.get_peft_model(vit, config),
+                             cfg.model.decode_head.num_classes)

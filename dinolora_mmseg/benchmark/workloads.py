@@ -1,0 +1,102 @@
+"""The step the benchmark times: one training step or inference on random inputs."""
+import copy
+from contextlib import nullcontext
+from typing import Callable, NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from mmengine.config import Config
+from mmengine.optim import build_optim_wrapper
+from mmengine.registry import init_default_scope
+from mmengine.structures import PixelData
+from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
+
+from ..models.lora import lora_layers, merge_lora
+from .references import build_timm_peft
+
+
+class Workload(NamedTuple):
+    """A step to time and the parameter counts of the model it runs."""
+    step: Callable[[], None]
+    params_total: int
+    params_trainable: int
+
+
+def build_workload(cfg: Config, variant: str, mode: str, batch_size: int,
+                   img_size: Sequence[int], device: torch.device, amp: bool = False,
+                   merge: bool = False) -> Workload:
+    """One training step or inference of ``variant`` on random inputs, as a callable.
+
+    Args:
+        cfg (Config): Config of our model (the references are built to match it).
+        variant (str): ``'ours'`` or one of :data:`~.references.REFERENCES`
+            (``naive-attention`` expects ``Attention.forward`` already patched;
+            ``no-lora`` ignores ``merge``).
+        mode (str): ``'train'`` (forward, the config's loss, backward, its optimizer
+            step; only trainable parameters get gradients and optimizer state) or
+            ``'infer'`` (a ``torch.no_grad()`` forward to full-size logits).
+        batch_size (int): Images per step.
+        img_size (Sequence[int]): ``(H, W)`` of the inputs.
+        device (torch.device): Where to run.
+        amp (bool): bfloat16 autocast of the forward pass and loss.
+        merge (bool): Fold the LoRA adapters into the weights first.
+    """
+    H, W = img_size
+    if variant == 'timm-peft':
+        model = build_timm_peft(cfg, img_size)
+    else:
+        init_default_scope(cfg.get('default_scope', 'mmseg'))
+        model_cfg = copy.deepcopy(cfg.model)
+        if variant == 'no-lora':
+            model_cfg.backbone.lora = None
+            merge = False
+        model = MODELS.build(model_cfg)
+    params = list(model.parameters())
+    params_total = sum(p.numel() for p in params)
+    params_trainable = sum(p.numel() for p in params if p.requires_grad)
+    if merge:
+        if variant == 'timm-peft':
+            model.merge_lora()
+        elif next(lora_layers(model), None) is None:
+            raise ValueError(f'--merge-lora: {cfg.filename} builds a model without LoRA adapters')
+        else:
+            merge_lora(model)
+    model.to(device).train(mode == 'train')
+
+    generator = torch.Generator(device).manual_seed(0)
+    inputs = torch.randn(batch_size, 3, H, W, device=device, generator=generator)
+    labels = torch.randint(cfg.model.decode_head.num_classes, (batch_size, H, W),
+                           device=device, generator=generator)
+    meta = dict(img_shape=(H, W), pad_shape=(H, W), ori_shape=(H, W))
+    if variant == 'timm-peft':
+        def logits():
+            return model(inputs)
+
+        def loss():
+            return F.cross_entropy(model(inputs), labels, ignore_index=255)
+    else:
+        samples = [SegDataSample(metainfo=meta, gt_sem_seg=PixelData(data=label[None]))
+                   for label in labels]
+
+        def logits():
+            return model.encode_decode(inputs, [meta] * batch_size)
+
+        def loss():
+            return model.parse_losses(model.loss(inputs, samples))[0]
+
+    def autocast():
+        return torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
+
+    if mode == 'infer':
+        def step():
+            with torch.no_grad(), autocast():
+                logits()
+    else:
+        optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+
+        def step():
+            with autocast():
+                value = loss()
+            optim_wrapper.update_params(value)
+    return Workload(step, params_total, params_trainable)

@@ -1,0 +1,73 @@
+"""The benchmark's measurements on their own: FLOPs, times, rates, CPU peak memory."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dinolora_mmseg.benchmark import measure
+from tests.helpers import ROOT
+
+CPU = torch.device('cpu')
+
+
+def test_flops_of_a_matmul_and_its_backward():
+    a = torch.randn(8, 16, requires_grad=True)
+    b = torch.randn(16, 4)
+    assert measure.count_flops(lambda: a @ b) == 2 * 8 * 16 * 4
+    assert measure.count_flops(lambda: (a @ b).sum().backward()) == 2 * (2 * 8 * 16 * 4)
+
+
+def test_cpu_attention_is_counted_as_torch_counts_gpu_attention():
+    """torch's formula: 4 * B * H * N * N * d forward (two products of N x N x d)."""
+    q, k, v = (torch.randn(2, 3, 10, 8) for _ in range(3))
+    assert measure.count_flops(lambda: F.scaled_dot_product_attention(q, k, v)) == (
+        4 * 2 * 3 * 10 * 10 * 8)
+
+
+def test_time_steps_times_the_steps_after_the_warmup():
+    calls = []
+    times = measure.time_steps(lambda: calls.append(1), iters=3, warmup=2, device=CPU)
+    assert len(times) == 3 and len(calls) == 5 and all(t >= 0 for t in times)
+
+
+def test_matmul_rate_counts_two_flops_per_multiply_add(monkeypatch):
+    monkeypatch.setattr(measure, 'time_steps', lambda step, iters, warmup, device: [0.5, 0.25])
+    assert measure.matmul_rate(CPU, torch.float32, 1000) == pytest.approx(2 * 1000**3 / 0.25 / 1e9)
+
+
+def test_proc_status_fields():
+    assert measure.proc_status_bytes('VmRSS') > 0
+    with pytest.raises(KeyError, match='NoSuchField'):
+        measure.proc_status_bytes('NoSuchField')
+
+
+FREED_BLOCK = """
+import torch
+from dinolora_mmseg.benchmark import measure
+for _ in range(3):  # glibc's dynamic threshold would now keep 16 MiB blocks in the heap
+    blocks = [torch.ones(2**22) for _ in range(4)]
+    del blocks
+measure.trim_freed_memory()
+start = measure.reset_peak_rss()
+tensor = torch.ones(2**22)
+del tensor
+print((measure.proc_status_bytes('VmHWM') - start) / 2**20,
+      (measure.proc_status_bytes('VmRSS') - start) / 2**20)
+"""
+
+
+@pytest.mark.parametrize('memory_child', [True, False])
+def test_cpu_peak_memory_follows_live_tensors(memory_child):
+    """In the memory child's environment, a new 16 MiB tensor shows in the peak RSS and
+    leaves the RSS when freed, whatever blocks were freed before. In the default one the
+    heap reuses freed blocks for it, resident (the peak misses it) or trimmed (it stays
+    resident after it is freed)."""
+    env = dict(os.environ, **measure.MEMORY_CHILD_ENV) if memory_child else None
+    for _ in range(3):  # the heap's layout varies from run to run
+        result = subprocess.run([sys.executable, '-c', FREED_BLOCK], cwd=ROOT, env=env,
+                                capture_output=True, text=True, check=True)
+        peak, after = map(float, result.stdout.split())
+        assert (15 < peak < 17 and after < 1) == memory_child, (peak, after)
