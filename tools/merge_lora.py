@@ -54,7 +54,8 @@ def merge_checkpoint(cfg: Config, checkpoint: str):
 
 def official_layout(state):
     """The backbone's tensors under the official DINOv2 key names."""
-    official = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
+    official = {k[len('backbone.'):]: v for k, v in state.items()
+                if k.startswith('backbone.') and not k.endswith('_extra_state')}
     official['mask_token'] = torch.zeros(1, official['cls_token'].shape[-1])
     return official
 

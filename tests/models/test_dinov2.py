@@ -11,7 +11,7 @@ from mmseg.registry import MODELS
 
 from dinolora_mmseg.models import DINOv2
 from dinolora_mmseg.models.backbones import dinov2
-from dinolora_mmseg.utils.fingerprint import tensor_fingerprint
+from dinolora_mmseg.utils.fingerprint import decode_record, tensor_fingerprint
 from tests.helpers import TINY, official_shapes, official_state_dict
 
 ARCHS = {'small': (384, 12, False), 'base': (768, 12, False),
@@ -258,7 +258,7 @@ def test_checkpoints_leave_out_weights_the_pretrained_file_restores(tmp_path):
                           for i in range(3) for m in 'AB' for t in 'qv'} | {'_extra_state'}
     weights = official_state_dict(64, 3)
     del weights['mask_token']  # not part of the model
-    assert saved['_extra_state'] == dict(pretrained=str(tmp_path / 'w.pth'),
+    assert decode_record(saved['_extra_state']) == dict(pretrained=str(tmp_path / 'w.pth'),
                                          fingerprint=tensor_fingerprint(weights))
     fresh = DINOv2(arch=TINY, pretrained=str(tmp_path / 'w.pth'), lora=lora)
     fresh.load_state_dict(saved)  # strict: frozen weights come from the pretrained file

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.checkpoint import (CheckpointPolicy, checkpoint,
                                     create_selective_checkpoint_contexts)
 
-from ...utils.fingerprint import tensor_fingerprint
+from ...utils.fingerprint import decode_record, encode_record, tensor_fingerprint
 from ...utils.weights import load_weights
 from ..lora import (LoRALinear, add_lora, merge_lora, train_adapters_only,
                     unmerge_lora)
@@ -280,11 +280,13 @@ class DINOv2(BaseModule):
                 state_dict.pop(prefix + key, None)
         return state_dict
 
-    def get_extra_state(self) -> Dict[str, Optional[str]]:
-        """Saved with every state dict: which pretrained weights the model was built on."""
-        return dict(pretrained=self.pretrained, fingerprint=self.pretrained_fingerprint)
+    def get_extra_state(self) -> torch.Tensor:
+        """Saved with every state dict: which pretrained weights the model was built on
+        (the file and the fingerprint of its tensors, as a tensor of JSON text)."""
+        return encode_record(dict(pretrained=self.pretrained,
+                                  fingerprint=self.pretrained_fingerprint))
 
-    def set_extra_state(self, state: Dict[str, Optional[str]]) -> None:
+    def set_extra_state(self, state: torch.Tensor) -> None:
         """Nothing to restore: the pretrained weights come from ``pretrained``; the
         load pre-hook has compared their fingerprints already."""
 
@@ -306,16 +308,15 @@ class DINOv2(BaseModule):
             if isinstance(theirs, torch.Tensor) and theirs.shape != value.shape:
                 raise ValueError(f'{prefix}{name}: the checkpoint has shape '
                                  f'{tuple(theirs.shape)}, the model {tuple(value.shape)}')
-        record = state_dict.get(prefix + '_extra_state') or {}
+        record = decode_record(state_dict.get(prefix + '_extra_state'))
         left_out = sorted(k for k in self.frozen_keys if prefix + k not in state_dict)
-        ours = dict(pretrained=self.pretrained, fingerprint=self.pretrained_fingerprint)
         if left_out and any(k.startswith(prefix) for k in state_dict):
-            self._check_pretrained(record, ours, left_out)
+            self._check_pretrained(record, left_out)
             for key in left_out:
                 state_dict[prefix + key] = self._frozen_value(key)
-        state_dict.setdefault(prefix + '_extra_state', ours)
+        state_dict.setdefault(prefix + '_extra_state', self.get_extra_state())
 
-    def _check_pretrained(self, record: Dict, ours: Dict, left_out: Sequence[str]) -> None:
+    def _check_pretrained(self, record: Dict, left_out: Sequence[str]) -> None:
         """Raise if the frozen weights a checkpoint left out cannot be the ones its
         adapters were trained on."""
         trained_on = record.get('pretrained') or 'an unrecorded file'
@@ -326,11 +327,11 @@ class DINOv2(BaseModule):
                 f'({trained_on}), but this model has pretrained=None; set '
                 'model.backbone.pretrained to that file')
         if (self.verify_pretrained and record.get('fingerprint')
-                and record['fingerprint'] != ours['fingerprint']):
+                and record['fingerprint'] != self.pretrained_fingerprint):
             raise ValueError(
                 f'the checkpoint\'s adapters were trained on the pretrained weights '
                 f'{trained_on} (fingerprint {record["fingerprint"][:16]}), but this model '
-                f'loaded {self.pretrained} (fingerprint {ours["fingerprint"][:16]}): other '
+                f'loaded {self.pretrained} (fingerprint {self.pretrained_fingerprint[:16]}): other '
                 'weights, so the adapters would compute something else. Point '
                 'model.backbone.pretrained at the file the checkpoint was trained with '
                 '(or set model.backbone.verify_pretrained=False to load it anyway)')
