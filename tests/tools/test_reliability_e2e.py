@@ -175,9 +175,11 @@ runpy.run_path('tools/train.py', run_name='__main__')
 
 @pytest.mark.parametrize('failure', ['kill', 'full'])
 def test_a_failed_save_keeps_the_previous_checkpoint_and_resumes(voc, tmp_path, failure):
+    """With mmengine's own CheckpointHook in the config: tools/train.py swaps it."""
     config = write_tiny_config(
         tmp_path / 'c.py', DEMO, voc, train_cfg='dict(max_iters=10, val_interval=1000)',
-        default_hooks='dict(checkpoint=dict(interval=5, max_keep_ckpts=1))')
+        default_hooks="dict(checkpoint=dict(type='CheckpointHook', interval=5, "
+                      "max_keep_ckpts=1))")
     work, precious = tmp_path / 'work', tmp_path / 'precious.txt'
     work.mkdir()
     precious.write_text('keep me')
@@ -199,6 +201,7 @@ def test_a_failed_save_keeps_the_previous_checkpoint_and_resumes(voc, tmp_path, 
     output = run_tool(PYTHON, 'tools/train.py', config, '--work-dir', work, '--resume')
     assert f"Resumed from {work / 'iter_5.pth'}" in output or 'resumed' in output.lower()
     assert ('left by an interrupted save' in output) == (failure == 'kill')
+    assert 'CheckpointHook replaced by AtomicCheckpointHook' in output
     assert sorted(p.name for p in work.glob('*.pth')) == ['iter_10.pth']
     assert not list(work.glob('*.tmp'))
     assert (work / 'last_checkpoint').read_text() == str(work / 'iter_10.pth')
