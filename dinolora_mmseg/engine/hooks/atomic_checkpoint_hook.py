@@ -36,7 +36,7 @@ class AtomicCheckpointHook(CheckpointHook):
     arguments:
 
     - removes outdated checkpoints only after the new checkpoint and ``last_checkpoint``
-      are complete;
+      are complete (a kill in between leaves one checkpoint too many, never one too few);
     - writes ``last_checkpoint`` atomically (a link there is replaced, not followed);
     - removes, when training starts, the temporary files of a save that was killed;
     - when a save fails (a full disk...), names the file and the checkpoint that
