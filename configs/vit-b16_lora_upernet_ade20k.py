@@ -27,6 +27,7 @@ model = dict(
             pretrained='pretrain/vit_base_patch16_224.pth'),
         lora=dict(rank=8, alpha=8, dropout=0.0,
                   targets=['ffn.layers.0.0', 'ffn.layers.1'])))
+default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
 custom_hooks = [
     dict(type='TrainableParamsHook'),
     dict(type='WeightsOnlyCheckpointHook'),

@@ -8,7 +8,8 @@ OUT loads with the same config and ``lora=None`` and predicts what CKPT predicts
 
 ``--backbone-only`` writes the merged DINOv2 alone in the official key layout
 (``dinov2_vit*14[_reg4]_pretrain.pth``; ``mask_token`` set to zeros), readable by
-anything that reads the official files, e.g. ``DINOv2(pretrained=OUT)``.
+anything that reads the official files, e.g. ``DINOv2(pretrained=OUT)``. A
+``.safetensors`` OUT carries a CRC-32 of its data in its metadata, checked where it loads.
 """
 import argparse
 import os
@@ -21,6 +22,8 @@ from mmseg.registry import MODELS
 
 from dinolora_mmseg.models import DINOv2, merged_state_dict
 from dinolora_mmseg.models.lora import lora_layers
+from dinolora_mmseg.utils.atomic_write import atomic_output
+from dinolora_mmseg.utils.integrity import save_safetensors
 
 
 def parse_args():
@@ -60,17 +63,6 @@ def official_layout(state):
     return official
 
 
-def save_atomically(obj, out: str, fmt: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = f'{out}.tmp'
-    if fmt == 'safetensors':
-        from safetensors.torch import save_file
-        save_file({k: v.contiguous() for k, v in obj.items()}, tmp)
-    else:
-        torch.save(obj, tmp)
-    os.replace(tmp, out)
-
-
 def main():
     args = parse_args()
     cfg = Config.fromfile(args.config)
@@ -87,7 +79,11 @@ def main():
         obj = state if args.format == 'safetensors' else dict(
             state_dict=state, meta=dict(dataset_meta=meta.get('dataset_meta'),
                                         merged_from=os.path.abspath(args.checkpoint)))
-    save_atomically(obj, args.out, args.format)
+    with atomic_output(args.out) as tmp:
+        if args.format == 'safetensors':
+            save_safetensors(obj, tmp)
+        else:
+            torch.save(obj, tmp)
     print(f'wrote {args.out} with the LoRA adapters merged: {use}')
 
 if __name__ == '__main__':

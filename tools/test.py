@@ -14,7 +14,8 @@ def parse_args():
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--out', help='the dir to save the predicted label maps')
     parser.add_argument('--show', action='store_true', help='show prediction results')
-    parser.add_argument('--show-dir', help='the dir to save painted predictions')
+    parser.add_argument('--show-dir', help='the dir to save painted predictions (of every '
+                        'image)')
     parser.add_argument('--wait-time', type=float, default=2, help='display interval (s)')
     parser.add_argument('--tta', action='store_true', help='test time augmentation')
     add_common_args(parser)
@@ -32,6 +33,7 @@ def enable_visualization(cfg, args):
         hook.wait_time = args.wait_time
     if args.show_dir:
         cfg.visualizer.save_dir = args.show_dir
+        hook.interval = 1  # SegVisualizationHook draws every 50th image by default
     return cfg
 
 

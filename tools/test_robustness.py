@@ -14,13 +14,15 @@ dir (default ``work_dirs/<config>/robustness``; the Runner logs under ``runs/``)
 - ``robustness.png``: mIoU against severity, one line per corruption family, the mean
   over all and the clean mIoU.
 
-The results are saved after every run: a re-run with the same checkpoint, seed, config
-and options reuses them, so an interrupted sweep goes on where it stopped. Runs on 1
+The results are saved after every run: a re-run with the same checkpoint content, config
+content (with its options) and seed reuses them, so an interrupted sweep goes on where it
+stopped; results of a checkpoint or config since changed at the same path are refused. Runs on 1
 process or under torchrun (``--launcher pytorch``), on the CPU too.
 """
 import argparse
 import copy
 import csv
+import hashlib
 import io
 import json
 import os
@@ -36,8 +38,11 @@ from dinolora_mmseg.datasets import (CORRUPTION_FAMILIES, CORRUPTIONS, EXTRA_COR
                                      IMAGENET_C_CORRUPTIONS, SEVERITIES)
 from dinolora_mmseg.engine.data_checks import check_dataloaders
 from dinolora_mmseg.engine.launch import add_common_args, load_config, prepare_launch
+from dinolora_mmseg.utils.atomic_write import atomic_write_bytes
+from dinolora_mmseg.utils.integrity import content_fingerprint
 
 METRICS = ('mIoU', 'aAcc', 'mAcc')
+IDENTITY = ('checkpoint_sha256', 'config_sha256', 'seed')
 FAMILY = {name: family for family, names in CORRUPTION_FAMILIES.items() for name in names}
 
 
@@ -175,8 +180,8 @@ def plot(key: dict, results: dict, summary: dict, f) -> None:
 
 
 def save(path: str, write) -> None:
-    """Call ``write(file)`` on a temporary file and move it onto ``path`` unless the
-    content is unchanged (then ``path`` keeps its modification time)."""
+    """Write what ``write(file)`` writes to ``path`` atomically, unless the content is
+    unchanged (then ``path`` keeps its modification time)."""
     buffer = io.BytesIO()
     write(buffer)
     data = buffer.getvalue()
@@ -184,10 +189,7 @@ def save(path: str, write) -> None:
         with open(path, 'rb') as old:
             if old.read() == data:
                 return
-    tmp = f'{path}.{os.getpid()}.tmp'
-    with open(tmp, 'wb') as f:
-        f.write(data)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data)
 
 
 def save_results(work_dir: str, key: dict, results: dict, summary=None) -> None:
@@ -204,16 +206,33 @@ def save_results(work_dir: str, key: dict, results: dict, summary=None) -> None:
     save(osp.join(work_dir, 'robustness.csv'), lambda f: f.write(text.getvalue().encode()))
 
 
+def results_key(cfg: Config, args) -> dict:
+    """What the results depend on: the checkpoint's and the config's content and the seed
+    (identity), and the paths and options they came from (for the reader)."""
+    settings = cfg.to_dict()
+    settings.pop('work_dir', None)
+    config_text = json.dumps(settings, sort_keys=True, default=repr)
+    return json.loads(json.dumps(dict(  # as it reads back from the JSON file (no tuples)
+        config=osp.abspath(args.config), checkpoint=osp.abspath(args.checkpoint),
+        seed=args.seed, cfg_options=args.cfg_options or {},
+        config_sha256=hashlib.sha256(config_text.encode()).hexdigest(),
+        checkpoint_sha256=content_fingerprint(args.checkpoint))))
+
+
 def load_results(work_dir: str, key: dict) -> dict:
-    """The finished runs in ``robustness.json``, by run name, if it is of the same ``key``."""
+    """The finished runs in ``robustness.json``, by run name, if they are of the same
+    checkpoint content, config content and seed as ``key``."""
     path = osp.join(work_dir, 'robustness.json')
     if not osp.exists(path):
         return {}
     with open(path) as f:
         content = json.load(f)
-    old = {k: content.get(k) for k in key}
-    if old != key:
-        raise ValueError(f'{path} holds the results of {old}, not of {key}; use another '
+    old, new = ({k: held.get(k) for k in IDENTITY} for held in (content, key))
+    if old != new:
+        differ = ', '.join(k for k in IDENTITY if old[k] != new[k])
+        raise ValueError(f'{path} holds the results of {old}, not of {new} ({differ} differ: '
+                         f'{content.get("checkpoint")} / {content.get("config")} then, '
+                         f'{key["checkpoint"]} / {key["config"]} now); use another '
                          '--work-dir or delete it')
     return {run_name(r['corruption'], r['severity']): r for r in content['results']}
 
@@ -229,10 +248,8 @@ def main():
         raise ValueError(f'{processes} processes for {num_images} test images: each process '
                          'needs at least one; start fewer')
     cfg.load_from = None  # loaded strictly by run_test
+    key = results_key(cfg, args)
     prepare_launch(cfg, args.launcher)
-    key = json.loads(json.dumps(dict(  # as it reads back from the JSON file (no tuples)
-        config=osp.abspath(args.config), checkpoint=osp.abspath(args.checkpoint),
-        seed=args.seed, cfg_options=args.cfg_options or {})))
     main_process = is_main_process()
     loaded = [None]
     if main_process:

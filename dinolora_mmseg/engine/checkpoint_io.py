@@ -2,17 +2,17 @@
 
 - Local checkpoints are read weights-only (``torch.load(weights_only=True)``), even
   where a torch version or ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` would unpickle more, so
-  ``load_from``/``tools/test.py`` of a file from a stranger runs none of its code; a
-  refused or damaged file is named in the error.
-- ``.safetensors`` files load as checkpoints too.
-- Local files are written atomically (a temporary file, then a rename), so a run killed
-  while saving never leaves a torn checkpoint or ``last_checkpoint``.
+  ``load_from``/``tools/test.py`` of a file from a stranger runs none of its code. Every
+  record is checked against its CRC-32 first, so a damaged file is refused, not
+  evaluated; a refused or damaged file is named in the error.
+- ``.safetensors`` files load as checkpoints too (checked where they carry a checksum).
+- Local files are written atomically (:mod:`dinolora_mmseg.utils.atomic_write`), so a
+  run killed while saving never leaves a torn checkpoint or ``last_checkpoint``.
 """
 import logging
 import os
 import os.path as osp
 import pickle
-import zipfile
 from typing import Dict, Optional, Union
 
 import torch
@@ -20,6 +20,8 @@ from mmengine.fileio.backends import LocalBackend, register_backend
 from mmengine.logging import print_log
 from mmengine.runner import CheckpointLoader
 
+from ..utils.atomic_write import atomic_write_bytes
+from ..utils.integrity import verify_zip
 from ..utils.weights import load_weights
 
 
@@ -27,13 +29,7 @@ class AtomicLocalBackend(LocalBackend):
     """MMEngine's local file backend, writing every file atomically."""
 
     def put(self, obj: bytes, filepath: Union[str, os.PathLike]) -> None:
-        os.makedirs(osp.dirname(osp.abspath(filepath)), exist_ok=True)
-        tmp = f'{filepath}.tmp{os.getpid()}'
-        with open(tmp, 'wb') as f:
-            f.write(obj)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, filepath)
+        atomic_write_bytes(os.fspath(filepath), obj)
 
     def put_text(self, obj: str, filepath: Union[str, os.PathLike],
                  encoding: str = 'utf-8') -> None:
@@ -54,9 +50,7 @@ def load_local_checkpoint(filename: str, map_location=None) -> Dict:
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
         raise FileNotFoundError(f'checkpoint not found: {filename}')
-    if not zipfile.is_zipfile(filename):
-        raise RuntimeError(f'{filename} is damaged or not a zip-format torch checkpoint '
-                           '(a truncated or torn file looks like this)')
+    verify_zip(filename)
     try:
         return torch.load(filename, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
@@ -77,7 +71,7 @@ def load_safetensors_checkpoint(filename: str, map_location=None) -> Dict:
         filename (str): Path of the file.
         map_location: Ignored; tensors are loaded on the CPU.
     """
-    return {'state_dict': load_weights(filename)}
+    return {'state_dict': load_weights(filename, prefixes=())}
 
 
 def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
@@ -91,20 +85,21 @@ def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
     """
     def complete(path: str) -> bool:
         try:
-            with zipfile.ZipFile(path) as archive:
-                if archive.testzip() is None:
-                    return True
-        except (OSError, zipfile.BadZipFile):
-            pass
-        print_log(f'{path} is damaged; looking for an older checkpoint', logger='current',
-                  level=logging.WARNING)
-        return False
+            verify_zip(path)
+            return True
+        except (OSError, RuntimeError) as error:
+            print_log(f'{error}; looking for an older checkpoint', logger='current',
+                      level=logging.WARNING)
+            return False
 
     pointer = osp.join(work_dir, 'last_checkpoint')
     if osp.isfile(pointer):
         with open(pointer) as f:
             named = f.read().strip()
-        if named and osp.isfile(named) and complete(named):
+        if named and not osp.isfile(named):
+            print_log(f'{pointer} names {named}, which does not exist; looking for another '
+                      'checkpoint', logger='current', level=logging.WARNING)
+        elif named and complete(named):
             return named
     numbered = []
     for name in os.listdir(work_dir) if osp.isdir(work_dir) else []:

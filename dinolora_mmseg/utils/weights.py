@@ -2,14 +2,21 @@
 
 Files that do not come from this project's own training (DINOv2 releases, imported
 weights, exports) are read with ``torch.load(weights_only=True)`` or safetensors, so a
-file that asks to run code while loading is refused.
+file that asks to run code while loading is refused; a damaged file is refused too.
 """
 import os
 import pickle
-from typing import Dict
+import zipfile
+from typing import Dict, Sequence
 from urllib.parse import urlparse
 
 import torch
+from mmengine.logging import print_log
+
+from .integrity import verify_safetensors, verify_zip
+
+WRAPPERS = ('state_dict', 'model', 'teacher')
+FRAMEWORK_PREFIXES = ('module.', 'teacher.', 'backbone.')
 
 
 def is_url(path: str) -> bool:
@@ -44,27 +51,40 @@ def cached_download(url: str) -> str:
     return cached
 
 
-def load_weights(path: str) -> Dict[str, torch.Tensor]:
+def load_weights(path: str, prefixes: Sequence[str] = FRAMEWORK_PREFIXES
+                 ) -> Dict[str, torch.Tensor]:
     """Read a state dict of plain tensors from a ``.pth``/``.pt``, ``.safetensors`` file or URL.
+
+    The file is checked for damage first (see :mod:`.integrity`). A file saved by a
+    training framework is unwrapped: the tensors under ``state_dict``, ``model`` or
+    ``teacher`` are taken, and then, for each of ``prefixes`` that some keys start
+    with, only those keys, without it. What was unwrapped is logged.
 
     Args:
         path (str): Local file or ``http(s)`` URL (cached in the torch hub folder).
+        prefixes (Sequence[str]): Key prefixes to select and strip, in this order.
+            Defaults to ``('module.', 'teacher.', 'backbone.')``.
 
     Returns:
         dict[str, torch.Tensor]: The tensors, on the CPU.
 
     Raises:
         FileNotFoundError: The file does not exist (or cannot be downloaded).
-        ValueError: The file is not a flat mapping of names to tensors, or its pickle
-            asks to run code; nothing from it is executed.
+        RuntimeError: The file is damaged; the message names it.
+        ValueError: The file holds no mapping of names to tensors (the message says
+            where it found tensors), is not what its name says, or its pickle asks to
+            run code; nothing from it is executed.
     """
     path = cached_download(path) if is_url(path) else os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f'Weight file not found: {path}')
     if path.endswith('.safetensors'):
         from safetensors.torch import load_file
+        verify_safetensors(path)
         state = load_file(path, device='cpu')
     else:
+        if zipfile.is_zipfile(path):
+            verify_zip(path)
         try:
             state = torch.load(path, map_location='cpu', weights_only=True)
         except pickle.UnpicklingError as error:
@@ -72,9 +92,48 @@ def load_weights(path: str) -> Dict[str, torch.Tensor]:
                 f'{path} is not a plain weight file: its pickle asks for objects that '
                 f'weights-only loading refuses, so it was not loaded (nothing in it was '
                 f'run). Details: {str(error).splitlines()[0]}') from error
-    if not isinstance(state, dict) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+    return _unwrap(state, path, prefixes)
+
+
+def _is_flat(state) -> bool:
+    return isinstance(state, dict) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
+
+
+def _tensor_places(obj, place: str = '', depth: int = 0) -> Dict[str, int]:
+    """How many tensors each dict or list in ``obj`` holds directly, by place (4 levels)."""
+    items = list(obj.items() if isinstance(obj, dict) else enumerate(obj))
+    direct = sum(isinstance(value, torch.Tensor) for _, value in items)
+    counts = {place or '<top level>': direct} if direct else {}
+    for key, value in items:
+        if isinstance(value, (dict, list, tuple)) and depth < 4:
+            counts.update(_tensor_places(value, f'{place}.{key}' if place else str(key),
+                                         depth + 1))
+    return counts
+
+
+def _unwrap(state, path: str, prefixes: Sequence[str]) -> Dict[str, torch.Tensor]:
+    """The flat name -> tensor dict inside ``state`` (see :func:`load_weights`)."""
+    while isinstance(state, dict) and not _is_flat(state):
+        wrapper = next((k for k in WRAPPERS if isinstance(state.get(k), dict)), None)
+        if wrapper is None:
+            places = ', '.join(f"'{where}' ({count})" for where, count in
+                               sorted(_tensor_places(state).items())[:8]) or 'nowhere'
+            raise ValueError(f'{path} does not hold a flat dict of name -> tensor, at the top '
+                             f'or under {list(WRAPPERS)}; tensors were found under: {places}')
+        others = sorted(str(k) for k in state if k != wrapper)
+        print_log(f'{path}: using the tensors under {wrapper!r}'
+                  + (f' (ignoring {others})' if others else ''), logger='current')
+        state = state[wrapper]
+    if not _is_flat(state):
         raise ValueError(f'{path} does not hold a flat dict of name -> tensor '
                          f'(got {type(state).__name__})')
+    for prefix in prefixes:
+        kept = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if kept:
+            dropped = sorted({k.split('.')[0] for k in state if not k.startswith(prefix)})
+            print_log(f'{path}: using the {len(kept)} tensors named {prefix}*, without that '
+                      f'prefix' + (f' (ignoring those under {dropped})' if dropped else ''),
+                      logger='current')
+            state = kept
     return state
-

@@ -9,6 +9,7 @@ from mmengine.runner import load_checkpoint
 from mmseg.registry import MODELS
 
 from dinolora_mmseg.models import DINOv2
+from dinolora_mmseg.utils.integrity import verify_safetensors
 from tests.helpers import PYTHON, ROOT, official_state_dict, run_tool, write_tiny_config
 
 DEMO = osp.join(ROOT, 'configs/demo/dinov2_lora_voc_demo.py')
@@ -49,6 +50,8 @@ def test_merged_checkpoint_predicts_the_same_without_lora(lora_checkpoint, fmt):
     root, config, model = lora_checkpoint
     out = root / f'merged.{fmt}'
     run_tool(PYTHON, 'tools/merge_lora.py', config, root / 'lora.pth', out, '--format', fmt)
+    if fmt == 'safetensors':
+        assert verify_safetensors(str(out))  # it carries a checksum, checked where it loads
     merged = build(config, lora=None)
     load_checkpoint(merged, str(out), map_location='cpu', strict=True)
     x = torch.randn(2, 3, 70, 98)

@@ -1,4 +1,5 @@
-"""Crash, resume, bad launches and distributed parity of the training/test tools."""
+"""Crash, resume, failed saves, damaged checkpoints, shared work dirs, bad launches and
+distributed parity of the training/test tools."""
 import os
 import os.path as osp
 import signal
@@ -12,7 +13,8 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
-from tests.helpers import PYTHON, ROOT, free_port, make_demo_voc, run_tool, write_tiny_config
+from tests.helpers import (PYTHON, ROOT, corrupt_a_tensor, free_port, make_demo_voc, run_tool,
+                           write_tiny_config)
 
 DEMO = osp.join(ROOT, 'configs/demo/dinov2_lora_voc_demo.py')
 
@@ -152,3 +154,121 @@ def test_a_dead_worker_ends_the_launch(voc, tmp_path):
         if launcher.poll() is None:
             os.killpg(launcher.pid, signal.SIGKILL)
     assert code != 0 and time.time() - killed < 60
+
+
+# tools/train.py with os.fsync failing on the temporary file of iter_10.pth: 'kill' kills
+# the process there (a kill while the checkpoint is written), 'full' raises ENOSPC.
+SAVE_FAILS = '''
+import errno, os, runpy, signal, sys
+fsync, failure = os.fsync, sys.argv[1]
+def failing_fsync(fd):
+    if '/iter_10.pth.' in os.readlink(f'/proc/self/fd/{fd}'):
+        if failure == 'kill':
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    fsync(fd)
+os.fsync = failing_fsync
+sys.argv = ['tools/train.py'] + sys.argv[2:]
+runpy.run_path('tools/train.py', run_name='__main__')
+'''
+
+
+@pytest.mark.parametrize('failure', ['kill', 'full'])
+def test_a_failed_save_keeps_the_previous_checkpoint_and_resumes(voc, tmp_path, failure):
+    """With mmengine's own CheckpointHook in the config: tools/train.py swaps it."""
+    config = write_tiny_config(
+        tmp_path / 'c.py', DEMO, voc, train_cfg='dict(max_iters=10, val_interval=1000)',
+        default_hooks="dict(checkpoint=dict(type='CheckpointHook', interval=5, "
+                      "max_keep_ckpts=1))")
+    work, precious = tmp_path / 'work', tmp_path / 'precious.txt'
+    work.mkdir()
+    precious.write_text('keep me')
+    (work / 'last_checkpoint').symlink_to(precious)
+    result = run(PYTHON, '-c', SAVE_FAILS, failure, config, '--work-dir', work)
+    temp_files = sorted(p.name for p in work.glob('*.tmp'))
+    if failure == 'kill':
+        assert result.returncode == -signal.SIGKILL
+        assert len(temp_files) == 1 and temp_files[0].startswith('iter_10.pth.')
+    else:
+        assert result.returncode != 0 and temp_files == []
+        assert (f"No space left on device while writing {work / 'iter_10.pth'}"
+                in result.stderr), result.stderr[-3000:]
+        assert f"{work / 'last_checkpoint'} still names {work / 'iter_5.pth'}" in result.stderr
+    assert precious.read_text() == 'keep me'
+    assert (work / 'last_checkpoint').read_text() == str(work / 'iter_5.pth')
+    assert trainable(work / 'iter_5.pth') and not (work / 'iter_10.pth').exists()
+
+    output = run_tool(PYTHON, 'tools/train.py', config, '--work-dir', work, '--resume')
+    assert f"Resumed from {work / 'iter_5.pth'}" in output or 'resumed' in output.lower()
+    assert ('left by an interrupted save' in output) == (failure == 'kill')
+    assert 'CheckpointHook replaced by AtomicCheckpointHook' in output
+    assert sorted(p.name for p in work.glob('*.pth')) == ['iter_10.pth']
+    assert not list(work.glob('*.tmp'))
+    assert (work / 'last_checkpoint').read_text() == str(work / 'iter_10.pth')
+
+
+def test_a_second_training_into_a_work_dir_in_use_is_refused(voc, tmp_path):
+    config = write_tiny_config(
+        tmp_path / 'c.py', DEMO, voc, train_cfg='dict(max_iters=100000, val_interval=100000)',
+        default_hooks='dict(checkpoint=dict(interval=2, max_keep_ckpts=1))')
+    work = tmp_path / 'work'
+    first = subprocess.Popen([PYTHON, 'tools/train.py', config, '--work-dir', work], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not (work / 'last_checkpoint').exists():
+            assert time.time() < deadline and first.poll() is None
+            time.sleep(0.1)
+        second = subprocess.run([PYTHON, 'tools/train.py', config, '--work-dir', work],
+                                cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert second.returncode != 0
+        assert (f'{work} is in use by another training (pid {first.pid} on '
+                f'{socket.gethostname()}, started ') in second.stderr, second.stderr[-3000:]
+        assert first.poll() is None  # the first run goes on
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_resume_with_nothing_resumable_starts_from_the_beginning(voc, tmp_path):
+    config = write_tiny_config(tmp_path / 'c.py', DEMO, voc,
+                               train_cfg='dict(max_iters=2, val_interval=1000)',
+                               default_hooks='dict(checkpoint=dict(interval=2))')
+    work = tmp_path / 'work'
+    work.mkdir()
+    (work / 'last_checkpoint').write_text(str(work / 'iter_4.pth'))  # deleted since
+    output = run_tool(PYTHON, 'tools/train.py', config, '--work-dir', work, '--resume')
+    assert f"names {work / 'iter_4.pth'}, which does not exist" in output
+    assert f'--resume: no complete checkpoint in {work}; training starts from the beginning' \
+        in output
+    assert (work / 'last_checkpoint').read_text() == str(work / 'iter_2.pth')
+
+
+@pytest.fixture(scope='module')
+def tested(voc, tmp_path_factory):
+    """A tiny config on the demo data and a checkpoint of its model."""
+    root = tmp_path_factory.mktemp('tested')
+    config = write_tiny_config(root / 'c.py', DEMO, voc)
+    init_default_scope('mmseg')
+    torch.save({'state_dict': MODELS.build(Config.fromfile(config).model).state_dict()},
+               root / 'model.pth')
+    return root, config, root / 'model.pth'
+
+
+def test_show_dir_draws_every_test_image(tested, voc):
+    root, config, checkpoint = tested
+    run_tool(PYTHON, 'tools/test.py', config, checkpoint, '--work-dir', root / 'work',
+             '--show-dir', root / 'painted')
+    images = len((voc / 'ImageSets/Segmentation/val.txt').read_text().split())
+    assert len(list((root / 'painted').rglob('*.png'))) == images == 2
+
+
+def test_a_damaged_checkpoint_gives_no_numbers(tested, tmp_path):
+    root, config, checkpoint = tested
+    damaged = tmp_path / 'damaged.pth'
+    damaged.write_bytes(checkpoint.read_bytes())
+    corrupt_a_tensor(damaged)
+    result = run(PYTHON, 'tools/test.py', config, damaged, '--work-dir', tmp_path)
+    assert result.returncode != 0
+    assert f'{damaged} is damaged' in result.stderr and 'Bad CRC-32' in result.stderr
+    assert 'Iter(test)' not in result.stdout + result.stderr  # no metrics

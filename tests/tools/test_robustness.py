@@ -1,10 +1,15 @@
 """tools/test_robustness.py on demo data: its files agree, re-runs reuse, 2 processes agree."""
+import argparse
 import csv
 import json
 import os
 import re
+import shutil
+import subprocess
 
 import pytest
+import torch
+from mmengine.config import Config
 
 from tests.helpers import (PYTHON, ROOT, free_port, load_tool, logged_metrics, run_tool,
                            write_tiny_config)
@@ -123,11 +128,41 @@ def test_two_processes_give_the_same_numbers(swept):
 
 def test_results_of_another_seed_are_not_mixed_in(swept):
     content, results = read(swept['work'])
-    key = {k: content[k] for k in ('config', 'checkpoint', 'seed', 'cfg_options')}
+    key = {k: content[k] for k in tool.IDENTITY + ('config', 'checkpoint', 'cfg_options')}
     assert len(tool.load_results(str(swept['work']), key)) == len(results)
     with pytest.raises(ValueError, match=r"robustness.json holds the results of .*'seed': 0.*"
                                          r"not of .*'seed': 1.*use another --work-dir"):
         tool.load_results(str(swept['work']), dict(key, seed=1))
+
+
+def test_results_follow_the_checkpoint_content_not_its_path(swept, tmp_path):
+    work, checkpoint = tmp_path / 'sweep', tmp_path / 'ckpt.pth'
+    shutil.copytree(swept['work'], work)
+    content = json.loads((work / 'robustness.json').read_text())
+    (work / 'robustness.json').write_text(json.dumps(dict(content, checkpoint=str(checkpoint))))
+    state = torch.load(swept['checkpoint'], weights_only=True)
+    state['state_dict']['decode_head.conv_seg.bias'] += 1
+    torch.save(state, checkpoint)  # not the checkpoint these results are of, at their path
+    args = ('--corruptions', 'gaussian_noise', '--severities', 1)
+    result = subprocess.run([PYTHON, 'tools/test_robustness.py', swept['config'], checkpoint,
+                             '--work-dir', work, *map(str, args)], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and '(reused)' not in result.stdout
+    assert 'robustness.json holds the results of' in result.stderr
+    assert '(checkpoint_sha256 differ' in result.stderr
+    shutil.copy(swept['checkpoint'], tmp_path / 'moved.pth')  # theirs, at another path
+    assert sweep(swept['config'], tmp_path / 'moved.pth', work, *args).count('(reused)') == 2
+
+
+def test_results_follow_the_config_content(swept):
+    args = argparse.Namespace(config=str(swept['config']), checkpoint=swept['checkpoint'],
+                              seed=0, cfg_options=None)
+    cfg = Config.fromfile(swept['config'])
+    key = tool.results_key(cfg, args)
+    cfg.work_dir = 'elsewhere'  # where results go, not what they depend on
+    assert tool.results_key(cfg, args) == key
+    cfg.model.test_cfg.mode = 'slide'
+    assert tool.results_key(cfg, args)['config_sha256'] != key['config_sha256']
 
 
 def test_corruption_goes_right_after_loading_the_image():

@@ -1,5 +1,8 @@
+from .atomic_checkpoint_hook import AtomicCheckpointHook
 from .finite_loss_hook import FiniteLossHook
 from .trainable_params_hook import TrainableParamsHook
 from .weights_only_checkpoint_hook import WeightsOnlyCheckpointHook
 
-__all__ = ['FiniteLossHook', 'TrainableParamsHook', 'WeightsOnlyCheckpointHook']
+__all__ = [
+    'AtomicCheckpointHook', 'FiniteLossHook', 'TrainableParamsHook', 'WeightsOnlyCheckpointHook'
+]
