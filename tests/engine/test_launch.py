@@ -1,4 +1,5 @@
-"""prepare_launch on a machine without CUDA (the CI machines have none)."""
+"""load_config, and prepare_launch on a machine without CUDA (the CI machines have none)."""
+import argparse
 import os
 import subprocess
 import sys
@@ -6,6 +7,7 @@ import sys
 import pytest
 import torch
 
+from dinolora_mmseg.engine.launch import load_config
 from tests.helpers import ROOT, free_port
 
 EXIT_CHECK = """
@@ -30,3 +32,13 @@ def test_gloo_group_is_created_and_destroyed_before_the_interpreter_ends():
     lines = result.stdout.splitlines()
     assert 'BN None gloo' in lines
     assert lines[-1] == 'initialized at exit: False'
+
+
+@pytest.mark.parametrize('settings, scope', [('', 'mmseg'), ("default_scope = 'mmpretrain'\n",
+                                                             'mmpretrain')])
+def test_config_without_default_scope_gets_mmseg(tmp_path, settings, scope):
+    config = tmp_path / 'from_scratch.py'
+    config.write_text(settings + "model = dict(type='EncoderDecoder')\n")
+    args = argparse.Namespace(config=str(config), cfg_options=None, work_dir=None,
+                              local_rank=0)
+    assert load_config(args).default_scope == scope
