@@ -8,8 +8,9 @@ file, or not at all: training runs on wrong labels and testing reports a wrong m
 """
 import copy
 import logging
+import os
 import os.path as osp
-from typing import Dict, List
+from typing import Dict, List, NamedTuple, Optional
 
 from mmengine.config import ConfigDict
 from mmengine.dataset import BaseDataset
@@ -82,6 +83,39 @@ def _sample_paths(dataset, name: str) -> List[tuple]:
     return paths
 
 
+class LeafResult(NamedTuple):
+    samples: int
+    failure: Optional[str]  # the unusable files, listed; None if there are none
+    label_maps: int  # label maps read
+    labelled: int  # their labelled pixels
+
+
+def _log(message: str, level: int = logging.INFO) -> None:
+    """Log on the first process only: every process of a launch runs the checks."""
+    if os.environ.get('RANK', '0') == '0':
+        print_log(message, logger='current', level=level)
+
+
+def _check_leaf(dataset, name: str) -> LeafResult:
+    """Check the files of every sample of a dataset that reads files; warn of label maps
+    without labelled pixel."""
+    loader, rules = pipeline_readers(dataset, name)
+    paths = _sample_paths(dataset, name)
+    reports = check_samples(paths, loader, rules)
+    problems = [problem for report in reports for problem in report.problems]
+    failure = None
+    if problems:
+        failure = (f'{name}: {sum(1 for report in reports if report.problems)} of '
+                   f'{len(paths)} samples have unusable files:\n{_listing(problems)}')
+    read = [(seg, report.labelled) for (_, seg), report in zip(paths, reports)
+            if report.labelled is not None]
+    unlabelled = [seg for seg, count in read if count == 0]
+    if unlabelled:
+        _log(f'{name}: {len(unlabelled)} of {len(read)} label maps have no labelled pixel '
+             f'({rules.expected()}), e.g. {unlabelled[0]}', logging.WARNING)
+    return LeafResult(len(paths), failure, len(read), sum(count for _, count in read))
+
+
 def check_dataset(dataset_cfg: Dict, name: str, default_scope: str = 'mmseg') -> int:
     """Check a dataloader's dataset (wrappers too) and every file its samples list.
 
@@ -107,33 +141,19 @@ def check_dataset(dataset_cfg: Dict, name: str, default_scope: str = 'mmseg') ->
         check_layout(leaf_cfg, leaf_name)
     with DefaultScope.overwrite_default_scope(default_scope):
         dataset = DATASETS.build(_unserialized(dataset_cfg))
-    failures, labelled, maps, sizes = [], 0, 0, []
-    for leaf_name, leaf in leaf_datasets(dataset, name):
-        loader, rules = pipeline_readers(leaf, leaf_name)
-        paths = _sample_paths(leaf, leaf_name)
-        reports = check_samples(paths, loader, rules)
-        sizes.append(len(paths))
-        problems = [problem for report in reports for problem in report.problems]
-        if problems:
-            bad = sum(1 for report in reports if report.problems)
-            failures.append(f'{leaf_name}: {bad} of {len(paths)} samples have unusable '
-                            f'files:\n{_listing(problems)}')
-        read = [(seg, r.labelled) for (_, seg), r in zip(paths, reports)
-                if r.labelled is not None]
-        unlabelled = [seg for seg, count in read if count == 0]
-        maps, labelled = maps + len(read), labelled + sum(count for _, count in read)
-        if unlabelled:
-            print_log(f'{leaf_name}: {len(unlabelled)} of {len(read)} label maps have no '
-                      f'labelled pixel ({rules.expected()}), e.g. {unlabelled[0]}',
-                      logger='current', level=logging.WARNING)
+    results = [_check_leaf(leaf, leaf_name)
+               for leaf_name, leaf in leaf_datasets(dataset, name)]
+    failures = [result.failure for result in results if result.failure]
     if failures:
         raise ValueError('\n'.join(failures))
-    if maps and not labelled:
-        raise ValueError(f'{name}: none of its {maps} label maps has a labelled pixel: '
+    label_maps = sum(result.label_maps for result in results)
+    if label_maps and not sum(result.labelled for result in results):
+        raise ValueError(f'{name}: none of its {label_maps} label maps has a labelled pixel: '
                          'training would learn nothing and mIoU would be nan')
+    sizes = [result.samples for result in results]
     parts = f" ({' + '.join(map(str, sizes))} in {len(sizes)} datasets)" if len(sizes) > 1 else ''
     repeats = f', {len(dataset)} with repeats' if len(dataset) != sum(sizes) else ''
-    print_log(f'{name}: {sum(sizes)} samples checked{parts}{repeats}', logger='current')
+    _log(f'{name}: {sum(sizes)} samples checked{parts}{repeats}')
     return len(dataset)
 
 

@@ -73,12 +73,12 @@ def _as_stored(path: str, rules: LabelRules) -> np.ndarray:
         raise UnreadableFile(f'cannot be decoded as an image ({error})') from None
     if label is None:
         raise UnreadableFile(f'cannot be decoded as an image ({rules.backend})')
-    if label.squeeze().ndim != 2:
+    if label.ndim == 3 and label.shape[2] > 1:
+        mode = _mode(path)
         note = (f"; LoadAnnotations(imdecode_backend='{rules.backend}') reads palette PNGs "
-                "as colours, use 'pillow'" if _mode(path) == 'P' else '')
-        raise UnreadableFile(
-            f'{label.shape[-1]}-channel label ({_mode(path)}); labels must be one channel of '
-            f'class indices (a palette or greyscale PNG){note}')
+                "as colours, use 'pillow'" if mode == 'P' else '')
+        raise UnreadableFile(f'{label.shape[2]}-channel label ({mode}); labels must be one '
+                             f'channel of class indices (a palette or greyscale PNG){note}')
     return label
 
 
