@@ -10,7 +10,7 @@ from PIL import Image
 JPEG_START, JPEG_END = b'\xff\xd8', b'\xff\xd9'
 PNG_START, PNG_END = b'\x89PNG\r\n\x1a\n', b'IEND\xaeB`\x82'
 EXIF_ORIENTATION = 0x0112
-QUARTER_TURNS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+SIDEWAYS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 class UnreadableFile(Exception):
@@ -78,7 +78,7 @@ def image_size(path: str, loader: ImageLoader) -> ImageSize:
         with Image.open(path) as image:
             width, height = image.size
             turned = (loader.applies_exif_orientation
-                      and image.getexif().get(EXIF_ORIENTATION) in QUARTER_TURNS)
+                      and image.getexif().get(EXIF_ORIENTATION) in SIDEWAYS)
     except Exception:  # a format Pillow does not know: ask the loader itself
         try:
             decoded = loader.decode(path)
