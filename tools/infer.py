@@ -18,6 +18,8 @@ from mmengine.utils import ProgressBar
 from mmseg.apis import MMSegInferencer
 
 import dinolora_mmseg  # noqa: F401  (registers the DINOv2 backbone)
+from dinolora_mmseg.datasets import leaf_configs
+from dinolora_mmseg.engine.data_checks import check_image_file
 
 
 def check_images(paths: Sequence[str], out_dir: str) -> List[str]:
@@ -25,15 +27,20 @@ def check_images(paths: Sequence[str], out_dir: str) -> List[str]:
 
     Raises:
         FileNotFoundError: An image does not exist.
-        ValueError: An image cannot be decoded, or two images have the same file name
-            (their overlays would overwrite each other).
+        ValueError: An image is empty, truncated or cannot be decoded (the message names
+            it and says which), or two images have the same file name (their overlays
+            would overwrite each other).
     """
     outputs = {}
     for path in paths:
-        if not osp.isfile(path):
-            raise FileNotFoundError(f'Image not found: {path}')
-        if mmcv.imread(path) is None:
-            raise ValueError(f'Cannot read {path} as an image (not a format OpenCV decodes)')
+        check_image_file(path)
+        try:
+            image = mmcv.imread(path)
+        except Exception as error:
+            raise ValueError(f'{path}: cannot be decoded as an image ({error})') from None
+        if image is None:
+            raise ValueError(f'{path}: cannot be decoded as an image (not a format OpenCV '
+                             'decodes)')
         out = osp.join(out_dir, osp.splitext(osp.basename(path))[0] + '.png')
         if out in outputs:
             raise ValueError(f'{outputs[out]} and {path} would both be written to {out}')
@@ -65,6 +72,10 @@ def infer(images: Sequence[str], config: str, checkpoint: str, out_dir: str,
     cfg = Config.fromfile(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
+    # The inferencer takes the test pipeline of test_dataloader.dataset: that of the
+    # first dataset where it is a wrapper (ConcatDataset).
+    _, cfg.test_dataloader.dataset = next(
+        leaf_configs(cfg.test_dataloader.dataset, 'test_dataloader.dataset'))
     inferencer = MMSegInferencer(cfg, checkpoint, device=device)
     inferencer.show_progress = False
     os.makedirs(out_dir, exist_ok=True)

@@ -4,6 +4,7 @@ import os
 
 from mmengine.runner import Runner
 
+from dinolora_mmseg.datasets import leaf_configs
 from dinolora_mmseg.engine.data_checks import check_dataloaders
 from dinolora_mmseg.engine.launch import add_common_args, load_config, prepare_launch
 
@@ -44,7 +45,8 @@ def main():
     if args.show or args.show_dir:
         cfg = enable_visualization(cfg, args)
     if args.tta:
-        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        for _, dataset in leaf_configs(cfg.test_dataloader.dataset, 'test_dataloader.dataset'):
+            dataset.pipeline = cfg.tta_pipeline
         cfg.tta_model.module = cfg.model
         cfg.model = cfg.tta_model
     if args.out is not None:

@@ -4,7 +4,8 @@
 
 Runs the clean test set, then every corruption x severity (default: the 15 ImageNet-C
 corruptions x severities 1-5; ``--extra`` adds the 4 extra ones) with ``ImageCorruption``
-inserted right after ``LoadImageFromFile`` in the config's test pipeline, each with the
+inserted right after ``LoadImageFromFile`` in the config's test pipeline (the pipeline of
+every dataset in a ``ConcatDataset``), each with the
 mmengine Runner and the config's evaluator as ``tools/test.py`` does. Writes to the work
 dir (default ``work_dirs/<config>/robustness``; the Runner logs under ``runs/``):
 
@@ -35,7 +36,7 @@ from mmengine.dist import broadcast_object_list, is_main_process
 from mmengine.runner import Runner
 
 from dinolora_mmseg.datasets import (CORRUPTION_FAMILIES, CORRUPTIONS, EXTRA_CORRUPTIONS,
-                                     IMAGENET_C_CORRUPTIONS, SEVERITIES)
+                                     IMAGENET_C_CORRUPTIONS, SEVERITIES, leaf_configs)
 from dinolora_mmseg.engine.data_checks import check_dataloaders
 from dinolora_mmseg.engine.launch import add_common_args, load_config, prepare_launch
 from dinolora_mmseg.utils.atomic_write import atomic_write_bytes
@@ -80,6 +81,19 @@ def corruption_index(pipeline) -> int:
     return types.index('LoadImageFromFile') + 1
 
 
+def dataset_pipelines(cfg: Config) -> list:
+    """The pipelines of the datasets of the test dataloader (several in a wrapper)."""
+    return [dataset.setdefault('pipeline', []) for _, dataset in
+            leaf_configs(cfg.test_dataloader.dataset, 'test_dataloader.dataset')]
+
+
+def corrupt_test_set(cfg: Config, corruption: str, severity: int, seed: int) -> None:
+    """Put ``ImageCorruption`` into every test pipeline of ``cfg``, after the image loads."""
+    for pipeline in dataset_pipelines(cfg):
+        pipeline.insert(corruption_index(pipeline), dict(
+            type='ImageCorruption', corruption=corruption, severity=severity, seed=seed))
+
+
 def run_name(corruption: str, severity: int) -> str:
     return 'clean' if corruption == 'clean' else f'{corruption}_{severity}'
 
@@ -96,9 +110,7 @@ def run_test(cfg: Config, checkpoint: str, work_dir: str, corruption: str, sever
     # until then and take 5 s each to stop.
     cfg.test_dataloader.persistent_workers = False
     if corruption != 'clean':
-        pipeline = cfg.test_dataloader.dataset.pipeline
-        pipeline.insert(corruption_index(pipeline), dict(
-            type='ImageCorruption', corruption=corruption, severity=severity, seed=seed))
+        corrupt_test_set(cfg, corruption, severity, seed)
     runner = Runner.from_cfg(cfg)
     runner.load_checkpoint(checkpoint, map_location='cpu', strict=True)
     metrics = runner.test()
@@ -241,7 +253,8 @@ def main():
     args = parse_args()
     cfg = load_config(args)
     work_dir = args.work_dir or osp.join(cfg.work_dir, 'robustness')
-    corruption_index(cfg.test_dataloader.dataset.pipeline)  # fail before any run
+    for pipeline in dataset_pipelines(cfg):
+        corruption_index(pipeline)  # fail before any run
     num_images = check_dataloaders(cfg, ['test_dataloader'])['test_dataloader']
     processes = int(os.environ.get('WORLD_SIZE', 1)) if args.launcher != 'none' else 1
     if processes > num_images:

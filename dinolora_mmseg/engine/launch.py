@@ -72,13 +72,17 @@ def warn_ineffective_options(cfg: Config, options: dict) -> None:
 
 def load_config(args: argparse.Namespace) -> Config:
     """``args.config`` with ``--cfg-options`` applied and the work dir set as MMSeg's tools
-    do (``--work-dir``, else the config's, else ``./work_dirs/<config name>``); options
-    that cannot take effect are warned about (:func:`warn_ineffective_options`)."""
+    do (``--work-dir``, else the config's, else ``./work_dirs/<config name>``). A config
+    without ``default_scope`` gets ``'mmseg'``, as MMSeg's ``init_model`` assumes, so its
+    types need no ``mmseg.`` prefix; options that cannot take effect are warned about
+    (:func:`warn_ineffective_options`)."""
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     cfg = Config.fromfile(args.config)
     if args.cfg_options is not None:
         warn_ineffective_options(cfg, args.cfg_options)
         cfg.merge_from_dict(args.cfg_options)
+    if cfg.get('default_scope') is None:
+        cfg.default_scope = 'mmseg'
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir') is None:

@@ -1,4 +1,4 @@
-"""prepare_launch on a machine without CUDA (the CI machines have none)."""
+"""load_config, and prepare_launch on a machine without CUDA (the CI machines have none)."""
 import argparse
 import os
 import subprocess
@@ -60,3 +60,13 @@ def test_options_on_plain_variables_are_named_with_the_fields_to_set(logged):
 def test_options_on_runner_fields_are_not_warned_about(logged):
     cfg = load({'train_cfg.max_iters': 2, 'model.backbone.arch': 'small', 'work_dir': 'w'})
     assert cfg.train_cfg.max_iters == 2 and not logged
+
+
+@pytest.mark.parametrize('settings, scope', [('', 'mmseg'), ("default_scope = 'mmpretrain'\n",
+                                                             'mmpretrain')])
+def test_config_without_default_scope_gets_mmseg(tmp_path, settings, scope):
+    config = tmp_path / 'from_scratch.py'
+    config.write_text(settings + "model = dict(type='EncoderDecoder')\n")
+    args = argparse.Namespace(config=str(config), cfg_options=None, work_dir=None,
+                              local_rank=0)
+    assert launch.load_config(args).default_scope == scope

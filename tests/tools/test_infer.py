@@ -1,6 +1,7 @@
 """tools/infer.py: overlays of the predictions of a briefly trained tiny model."""
 import os.path as osp
 
+import cv2
 import mmcv
 import numpy as np
 import pytest
@@ -55,3 +56,23 @@ def test_missing_image_writes_nothing(trained):
     with pytest.raises(ValueError, match='would both be written to'):
         tool.infer([str(trained['images'][0])] * 2, str(trained['config']),
                    str(trained['checkpoint']), str(out))
+
+
+def truncated_jpeg() -> bytes:
+    encoded = cv2.imencode('.jpg', np.random.default_rng(0).integers(0, 256, (64, 64, 3),
+                                                                      dtype=np.uint8))[1]
+    return encoded.tobytes()[:1000]
+
+
+@pytest.mark.parametrize('content, problem', [
+    (b'', r'empty file \(0 bytes\)'),
+    (b'not an image', 'cannot be decoded as an image'),
+    (truncated_jpeg(), r'corrupt or truncated JPEG \(no end-of-image marker\)'),
+], ids=['empty', 'not-an-image', 'truncated'])
+def test_unreadable_image_is_named_before_any_model_is_built(tmp_path, content, problem):
+    image = tmp_path / 'photo.jpg'
+    image.write_bytes(content)
+    with pytest.raises(ValueError, match=f'{image}: {problem}'):  # config and checkpoint
+        load_tool('infer').infer([str(image)], str(tmp_path / 'absent.py'),  # not read
+                                 str(tmp_path / 'absent.pth'), str(tmp_path / 'out'))
+    assert not (tmp_path / 'out').exists()

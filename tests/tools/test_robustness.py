@@ -172,3 +172,17 @@ def test_corruption_goes_right_after_loading_the_image():
         tool.corruption_index(pipeline[1:])
     with pytest.raises(ValueError, match='already corrupted'):
         tool.corruption_index(pipeline[:1] + [dict(type='ImageCorruption')] + pipeline[1:])
+
+
+def test_every_dataset_of_a_concatenated_test_set_is_corrupted():
+    pipeline = [dict(type='LoadImageFromFile'), dict(type='PackSegInputs')]
+    cfg = Config(dict(test_dataloader=dict(dataset=dict(type='ConcatDataset', datasets=[
+        dict(type='PascalVOCDataset', pipeline=pipeline),
+        dict(type='RepeatDataset', dataset=dict(type='PascalVOCDataset', pipeline=pipeline))]))))
+    tool.corrupt_test_set(cfg, 'fog', 3, seed=0)
+    datasets = cfg.test_dataloader.dataset.datasets
+    for dataset in (datasets[0], datasets[1].dataset):
+        assert [step['type'] for step in dataset.pipeline] == [
+            'LoadImageFromFile', 'ImageCorruption', 'PackSegInputs']
+        assert dataset.pipeline[1] == dict(type='ImageCorruption', corruption='fog', severity=3,
+                                           seed=0)

@@ -1,0 +1,48 @@
+"""How a dataset's pipeline reads its files: its ``LoadImageFromFile`` and
+``LoadAnnotations`` steps, with the dataset's classes and label settings."""
+from typing import Optional, Tuple
+
+import mmcv
+from mmcv.transforms import LoadImageFromFile
+from mmseg.datasets.transforms import LoadAnnotations
+
+from .image_file import ImageLoader
+from .label_file import LabelRules
+
+
+def pipeline_readers(dataset, name: str) -> Tuple[Optional[ImageLoader], Optional[LabelRules]]:
+    """The image loader and label rules of a built dataset's pipeline.
+
+    Only MMCV's ``LoadImageFromFile`` and MMSeg's ``LoadAnnotations`` are understood;
+    for other loading steps (or none) the result is None and those files are checked
+    only for being empty or truncated.
+
+    Args:
+        dataset (BaseDataset): A dataset that reads files (not a wrapper).
+        name (str): Its name, for the messages.
+
+    Raises:
+        ValueError: ``LoadAnnotations`` sets ``reduce_zero_label`` unlike the dataset
+            (MMSeg stops at the first sample with an assertion).
+    """
+    loader = rules = None
+    for step in getattr(getattr(dataset, 'pipeline', None), 'transforms', []):
+        if type(step) is LoadImageFromFile and loader is None:
+            loader = ImageLoader(step.color_type,
+                                 step.imdecode_backend or mmcv.image.io.imread_backend)
+        if type(step) is LoadAnnotations and rules is None:
+            classes = dataset.metainfo.get('classes')
+            reduce_zero_label = getattr(dataset, 'reduce_zero_label', False)
+            if step.reduce_zero_label not in (None, reduce_zero_label):
+                raise ValueError(
+                    f'{name}: LoadAnnotations(reduce_zero_label={step.reduce_zero_label}) '
+                    f'but the dataset has reduce_zero_label={reduce_zero_label}; set it on '
+                    'the dataset only')
+            if classes:
+                rules = LabelRules(
+                    num_classes=len(classes),
+                    ignore_index=getattr(dataset, 'ignore_index', 255),
+                    reduce_zero_label=reduce_zero_label,
+                    label_map=tuple(sorted((getattr(dataset, 'label_map', None) or {}).items())),
+                    backend=step.imdecode_backend or mmcv.image.io.imread_backend)
+    return loader, rules
