@@ -1,5 +1,5 @@
 # dinov2_linear_voc.py with the original DINOv2-LoRA project's input handling, for its
-# large_voc_no_lora.pt imported by tools/import_seed_weights.py: RGB scaled to [0, 1] (no
+# large_voc_no_lora.pt imported by tools/model_converters/dinov2_finetune2mmseg.py: RGB scaled to [0, 1] (no
 # ImageNet mean/std) and resized to 490 x 490 for testing, so the model predicts what the
 # original predicts. Training keeps dinov2_linear_voc.py's crops and schedule.
 _base_ = [

@@ -1,6 +1,6 @@
 # The main config tested on ImageNet-C Gaussian noise of severity 3: `tools/test.py` with it
 # evaluates one corruption (training and validation stay clean). For a sweep over all
-# corruptions and severities use tools/test_robustness.py with the main config.
+# corruptions and severities use tools/analysis_tools/test_robustness.py with the main config.
 _base_ = './dinov2_lora_voc.py'
 test_pipeline = [
     dict(type='LoadImageFromFile'),

@@ -100,7 +100,7 @@ def write_tiny_config(path, base: str, data_root=None, embed_dims: int = 64,
 
 def make_demo_voc(root, num_train: int, num_val: int):
     """Demo data in the Pascal VOC layout under ``root``; returns its VOC2012 folder."""
-    run_tool(PYTHON, 'tools/make_demo_data.py', root, '--format', 'voc', '--num-train',
+    run_tool(PYTHON, 'tools/misc/make_demo_data.py', root, '--format', 'voc', '--num-train',
              num_train, '--num-val', num_val)
     return root / 'VOCdevkit' / 'VOC2012'
 

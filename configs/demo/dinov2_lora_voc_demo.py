@@ -1,6 +1,6 @@
 # The main config shrunk for a CPU: ViT-S/14-reg4 (random weights unless a pretrained
 # file is passed), LoRA rank 3 on q and v, linear head, the built-in demo data of
-# tools/make_demo_data.py (VOC layout, 168 x 224 images) and 300 iterations.
+# tools/misc/make_demo_data.py (VOC layout, 168 x 224 images) and 300 iterations.
 _base_ = '../dinov2_lora_voc.py'
 data_root = 'data/demo/VOCdevkit/VOC2012'
 crop_size = (168, 168)

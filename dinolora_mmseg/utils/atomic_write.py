@@ -10,7 +10,10 @@ import contextlib
 import os
 import os.path as osp
 import re
-from typing import Iterator, List
+from typing import Iterator, List, Mapping
+
+import cv2
+import numpy as np
 
 TEMP_NAME = re.compile(r'^(?P<name>.+)\.(?P<pid>\d+)\.tmp$')
 
@@ -66,6 +69,36 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     """
     with atomic_output(path) as tmp, open(tmp, 'wb') as f:
         f.write(data)
+
+
+def atomic_write_files(contents: Mapping[str, bytes]) -> None:
+    """Write several files through :func:`atomic_output` together: a failed write
+    leaves every one of them as it was.
+
+    Args:
+        contents (Mapping[str, bytes]): The complete new content of each path.
+    """
+    with contextlib.ExitStack() as stack:
+        temps = {path: stack.enter_context(atomic_output(path)) for path in contents}
+        for path, tmp in temps.items():
+            with open(tmp, 'wb') as f:
+                f.write(contents[path])
+
+
+def atomic_write_image(path: str, rgb: np.ndarray) -> None:
+    """Encode an RGB image in the format of ``path``'s extension and write it atomically.
+
+    Args:
+        path (str): The image file, e.g. ``out.png``.
+        rgb (np.ndarray): ``(H, W, 3)`` uint8 RGB image.
+
+    Raises:
+        OSError: The image cannot be encoded in that format.
+    """
+    ok, encoded = cv2.imencode(osp.splitext(path)[1], np.ascontiguousarray(rgb[..., ::-1]))
+    if not ok:
+        raise OSError(f'Could not encode an image for {path} (unknown extension?)')
+    atomic_write_bytes(path, encoded.tobytes())
 
 
 def remove_stale_temp_files(folder: str) -> List[str]:

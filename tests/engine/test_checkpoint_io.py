@@ -51,7 +51,8 @@ def test_load_from_refuses_code(evil, monkeypatch):
 
 def test_importer_refuses_code(evil):
     path, marker = evil
-    result = subprocess.run([PYTHON, 'tools/import_seed_weights.py', path, path.parent / 'o.pth'],
+    importer = 'tools/model_converters/dinov2_finetune2mmseg.py'
+    result = subprocess.run([PYTHON, importer, path, path.parent / 'o.pth'],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode != 0 and 'not a plain weight file' in result.stderr
     assert not marker.exists()

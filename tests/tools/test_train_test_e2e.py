@@ -30,7 +30,7 @@ def write_config(path, base, data_root, **extra):
 @pytest.fixture(scope='module')
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp('demo')
-    run_tool(PYTHON, 'tools/make_demo_data.py', root / 'data', '--num-train', 24,
+    run_tool(PYTHON, 'tools/misc/make_demo_data.py', root / 'data', '--num-train', 24,
              '--num-val', 8)
     voc = root / 'data' / 'VOCdevkit' / 'VOC2012'
     base = osp.join(ROOT, 'configs/demo/dinov2_lora_voc_demo.py')
@@ -99,7 +99,7 @@ def test_config_runs_under_mmseg_own_train_script(demo):
 
 
 def test_ade20k_config_trains_one_iteration(demo, tmp_path):
-    run_tool(PYTHON, 'tools/make_demo_data.py', tmp_path / 'data', '--format', 'ade',
+    run_tool(PYTHON, 'tools/misc/make_demo_data.py', tmp_path / 'data', '--format', 'ade',
              '--num-train', 2, '--num-val', 2)
     base = osp.join(ROOT, 'configs/dinov2_lora_ade20k.py')
     config = write_config(tmp_path / 'tiny_ade.py', base,

@@ -114,7 +114,7 @@ def test_test_and_dist_test_give_the_validation_metrics(user):
 
 def test_robustness_sweep_runs_on_the_user_test_set(user):
     work = user['root'] / 'robustness'
-    run_tool(PYTHON, 'tools/test_robustness.py', user['config'], user['checkpoint'],
+    run_tool(PYTHON, 'tools/analysis_tools/test_robustness.py', user['config'], user['checkpoint'],
              '--corruptions', 'gaussian_noise', '--severities', '5', '--work-dir', work)
     results = json.loads((work / 'robustness.json').read_text())['results']
     assert [(r['corruption'], r['severity']) for r in results] == [('clean', 0),
@@ -126,7 +126,7 @@ def test_infer_paints_the_user_test_images(user):
     names = (user['voc'] / 'ImageSets/Segmentation/val.txt').read_text().split()
     images = [user['voc'] / 'JPEGImages' / f'{name}.jpg' for name in names]
     out = user['root'] / 'overlays'
-    run_tool(PYTHON, 'tools/infer.py', *images, '--config', user['config'], '--checkpoint',
+    run_tool(PYTHON, 'tools/misc/infer.py', *images, '--config', user['config'], '--checkpoint',
              user['checkpoint'], '--out', out, '--device', 'cpu')
     for image in images:
         overlay = mmcv.imread(str(out / f'{image.stem}.png'))
@@ -142,13 +142,14 @@ def test_config_from_scratch_without_default_scope(user):
                     root / 'flat_test')
     assert logged_metrics(test, 'test') == user['val']
     merged = root / 'merged.pth'
-    run_tool(PYTHON, 'tools/merge_lora.py', flat, user['checkpoint'], merged)
+    run_tool(PYTHON, 'tools/model_converters/merge_lora.py', flat, user['checkpoint'], merged)
     test = run_tool(PYTHON, 'tools/test.py', flat, merged, '--work-dir', root / 'merged_test',
                     '--cfg-options', 'model.backbone.lora=None')
     assert np.allclose(list(logged_metrics(test, 'test').values()),
                        list(user['val'].values()), atol=0.02)
     image = user['voc'] / 'JPEGImages' / (
         (user['voc'] / 'ImageSets/Segmentation/val.txt').read_text().split()[0] + '.jpg')
-    run_tool(PYTHON, 'tools/visualize_pca.py', image, '--config', flat, '--checkpoint',
-             user['checkpoint'], '--out', root / 'pca.png', '--size', 112, '--device', 'cpu')
+    run_tool(PYTHON, 'tools/analysis_tools/visualize_pca.py', image, '--config', flat,
+             '--checkpoint', user['checkpoint'], '--out', root / 'pca.png', '--size', 112,
+             '--device', 'cpu')
     assert (root / 'pca.png').stat().st_size > 0

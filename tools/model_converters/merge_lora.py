@@ -1,6 +1,7 @@
 """Fold a checkpoint's LoRA adapters into the backbone weights for deployment.
 
-    python tools/merge_lora.py CONFIG CKPT OUT.pth [--format safetensors] [--backbone-only]
+    python tools/model_converters/merge_lora.py CONFIG CKPT OUT.pth \
+        [--format safetensors] [--backbone-only]
 
 OUT loads with the same config and ``lora=None`` and predicts what CKPT predicts::
 

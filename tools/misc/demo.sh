@@ -5,7 +5,7 @@
 # Uses checkpoints/dinov2_vits14_reg4_pretrain.pth when present, else random weights.
 set -euo pipefail
 PYTHON=${1:-python}
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 CONFIG=configs/demo/dinov2_lora_voc_demo.py
 WORK_DIR=work_dirs/dinov2_lora_voc_demo
 WEIGHTS=checkpoints/dinov2_vits14_reg4_pretrain.pth
@@ -16,7 +16,7 @@ if [[ -f $WEIGHTS ]]; then
 else
     echo "[demo] no $WEIGHTS: the backbone starts from random weights"
 fi
-"$PYTHON" tools/make_demo_data.py data/demo --format voc
+"$PYTHON" tools/misc/make_demo_data.py data/demo --format voc
 "$PYTHON" tools/train.py "$CONFIG" --work-dir "$WORK_DIR" "${OPTIONS[@]}"
 CHECKPOINT=$(cat "$WORK_DIR/last_checkpoint")
 PYTHON=$PYTHON bash tools/dist_test.sh "$CONFIG" "$CHECKPOINT" 2 \

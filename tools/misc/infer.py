@@ -4,7 +4,7 @@ One PNG per image, named after it, with each pixel blended with the palette colo
 its predicted class and the class names written on their regions (MMSeg's
 ``MMSegInferencer`` and ``SegLocalVisualizer``)::
 
-    python tools/infer.py demo1.jpg demo2.jpg --config configs/dinov2_lora_voc.py \
+    python tools/misc/infer.py demo1.jpg demo2.jpg --config configs/dinov2_lora_voc.py \
         --checkpoint work_dirs/dinov2_lora_voc/iter_20000.pth --out outputs/
 """
 import argparse
@@ -20,6 +20,7 @@ from mmseg.apis import MMSegInferencer
 import dinolora_mmseg  # noqa: F401  (registers the DINOv2 backbone)
 from dinolora_mmseg.datasets import leaf_configs
 from dinolora_mmseg.engine.data_checks import check_image_file
+from dinolora_mmseg.utils.atomic_write import atomic_write_image
 
 
 def check_images(paths: Sequence[str], out_dir: str) -> List[str]:
@@ -82,10 +83,7 @@ def infer(images: Sequence[str], config: str, checkpoint: str, out_dir: str,
     progress = ProgressBar(len(images))
     for image, out in zip(images, outputs):
         overlay = inferencer(image, return_vis=True, opacity=opacity)['visualization']
-        partial = osp.join(out_dir, '.partial-' + osp.basename(out))
-        if not mmcv.imwrite(mmcv.rgb2bgr(overlay), partial):
-            raise OSError(f'Could not write {out}')
-        os.replace(partial, out)
+        atomic_write_image(out, overlay)
         progress.update()
     return outputs
 

@@ -1,4 +1,4 @@
-"""tools/infer.py: overlays of the predictions of a briefly trained tiny model."""
+"""tools/misc/infer.py: overlays of the predictions of a briefly trained tiny model."""
 import os.path as osp
 
 import cv2
@@ -14,7 +14,7 @@ from tests.helpers import PYTHON, ROOT, load_tool, run_tool, write_tiny_config
 def trained(tmp_path_factory):
     """Demo data in the VOC layout and a tiny model trained on it for 2 iterations."""
     root = tmp_path_factory.mktemp('infer')
-    run_tool(PYTHON, 'tools/make_demo_data.py', root / 'data', '--format', 'voc',
+    run_tool(PYTHON, 'tools/misc/make_demo_data.py', root / 'data', '--format', 'voc',
              '--num-train', 4, '--num-val', 2)
     voc = root / 'data' / 'VOCdevkit' / 'VOC2012'
     base = osp.join(ROOT, 'configs/demo/dinov2_lora_voc_demo.py')
@@ -29,8 +29,9 @@ def trained(tmp_path_factory):
 
 def test_overlays_paint_the_palette_over_each_image(trained):
     out = trained['root'] / 'overlays' / 'run1'
-    output = run_tool(PYTHON, 'tools/infer.py', *trained['images'], '--config', trained['config'],
-                      '--checkpoint', trained['checkpoint'], '--out', out, '--device', 'cpu')
+    output = run_tool(PYTHON, 'tools/misc/infer.py', *trained['images'], '--config',
+                      trained['config'], '--checkpoint', trained['checkpoint'], '--out', out,
+                      '--device', 'cpu')
     assert '2 overlays written' in output
     palette = np.array(PascalVOCDataset.METAINFO['palette'])
     for path in trained['images']:
@@ -46,7 +47,7 @@ def test_overlays_paint_the_palette_over_each_image(trained):
 
 
 def test_missing_image_writes_nothing(trained):
-    tool = load_tool('infer')
+    tool = load_tool('misc/infer')
     out = trained['root'] / 'overlays' / 'run2'
     missing = trained['root'] / 'missing.jpg'
     with pytest.raises(FileNotFoundError, match=f'Image not found: {missing}'):
@@ -73,6 +74,6 @@ def test_unreadable_image_is_named_before_any_model_is_built(tmp_path, content, 
     image = tmp_path / 'photo.jpg'
     image.write_bytes(content)
     with pytest.raises(ValueError, match=f'{image}: {problem}'):  # config and checkpoint
-        load_tool('infer').infer([str(image)], str(tmp_path / 'absent.py'),  # not read
+        load_tool('misc/infer').infer([str(image)], str(tmp_path / 'absent.py'),  # not read
                                  str(tmp_path / 'absent.pth'), str(tmp_path / 'out'))
     assert not (tmp_path / 'out').exists()

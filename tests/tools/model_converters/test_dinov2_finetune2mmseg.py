@@ -18,7 +18,8 @@ from torch import nn
 from tests.helpers import (PYTHON, ROOT, load_tool, logged_metrics, official_state_dict,
                            run_tool)
 
-IMPORTER = load_tool('import_seed_weights')
+TOOL = 'tools/model_converters/dinov2_finetune2mmseg.py'
+IMPORTER = load_tool('model_converters/dinov2_finetune2mmseg')
 
 
 @contextlib.contextmanager
@@ -96,8 +97,8 @@ def original_logits(image_file, backbone_state, seed_state):
 
 
 def import_weights(monkeypatch, capsys, *args):
-    """Run ``tools/import_seed_weights.py ARGS`` in this process; return what it printed."""
-    monkeypatch.setattr(sys, 'argv', ['import_seed_weights.py', *map(str, args)])
+    """Run the importer with ``ARGS`` in this process; return what it printed."""
+    monkeypatch.setattr(sys, 'argv', ['dinov2_finetune2mmseg.py', *map(str, args)])
     IMPORTER.main()
     return capsys.readouterr().out
 
@@ -113,7 +114,7 @@ def test_plain_load_needs_cuda_but_the_tool_does_not(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match='CUDA'):
             torch.load(tmp_path / 'large_voc_lora.pt', weights_only=True)
-    output = run_tool(PYTHON, 'tools/import_seed_weights.py', tmp_path / 'large_voc_lora.pt',
+    output = run_tool(PYTHON, TOOL, tmp_path / 'large_voc_lora.pt',
                       tmp_path / 'out.pth')
     assert 'ViT-large (24 blocks), LoRA rank 3, 21 classes' in output
     assert f'tools/test.py {tmp_path / "out.py"} {tmp_path / "out.pth"}' in output
@@ -136,7 +137,7 @@ def test_imported_voc_model_predicts_what_the_original_predicts_from_an_image(
                             '--pretrained', pretrained)
     assert 'Assuming a DINOv2 file' in output
     assert f'python tools/test.py {config} {checkpoint}' in output
-    assert f'python tools/infer.py IMAGE --config {config} --checkpoint {checkpoint}' in output
+    assert f'python tools/misc/infer.py IMAGE --config {config} --checkpoint {checkpoint}' in output
 
     data_root = tmp_path / 'VOC2012'
     image = data_root / 'JPEGImages' / 'chelsea.jpg'
@@ -168,8 +169,8 @@ def test_imported_voc_model_predicts_what_the_original_predicts_from_an_image(
     assert torch.equal(predicted[sure], labels[sure].to(predicted.dtype))
     assert logged_metrics(output, 'test')['mIoU'] == 100.0
 
-    # tools/infer.py paints the original's labels in Pascal VOC's colours
-    overlay, = load_tool('infer').infer([str(image)], str(config), str(checkpoint),
+    # tools/misc/infer.py paints the original's labels in Pascal VOC's colours
+    overlay, = load_tool('misc/infer').infer([str(image)], str(config), str(checkpoint),
                                         str(tmp_path / 'overlays'), opacity=1, device='cpu')
     overlay = cv2.cvtColor(cv2.imread(overlay), cv2.COLOR_BGR2RGB)
     palette = np.array(PascalVOCDataset.METAINFO['palette'], dtype=np.uint8)

@@ -3,7 +3,8 @@
 Scenes are textured objects of several classes on textured backgrounds, so classes
 are told apart by colour and texture, as in photos, not by position or a flat colour::
 
-    python tools/make_demo_data.py data  # data/VOCdevkit/VOC2012, data/ade/ADEChallengeData2016
+    python tools/misc/make_demo_data.py data
+    # -> data/VOCdevkit/VOC2012, data/ade/ADEChallengeData2016
 
 The folders are the ones MMSeg's ``pascal_voc12.py`` and ``ade20k.py`` dataset configs
 read. Each dataset is written to a temporary folder first and moved into place when

@@ -1,4 +1,4 @@
-"""tools/visualize_pca.py on photos of ``skimage.data``, with tiny random DINOv2s."""
+"""tools/analysis_tools/visualize_pca.py on photos of ``skimage.data``, with tiny random DINOv2s."""
 import os.path as osp
 import sys
 
@@ -17,7 +17,8 @@ PHOTOS = ('astronaut', 'chelsea', 'coffee', 'rocket')
 TINY = dict(embed_dims=64, num_layers=2, num_heads=2)
 
 
-tool = load_tool('visualize_pca')
+TOOL = 'tools/analysis_tools/visualize_pca.py'
+tool = load_tool('analysis_tools/visualize_pca')
 
 
 @pytest.fixture(scope='module')
@@ -106,7 +107,7 @@ def test_command_line_with_official_layout_file(photos, tmp_path):
     weights = tmp_path / 'dinov2_vits14_reg4_pretrain.pth'
     torch.save(official_state_dict(384, 12, 4), weights)
     out = tmp_path / 'sub' / 'pca.png'
-    output = run_tool(PYTHON, 'tools/visualize_pca.py', *photos['paths'], '--out', out,
+    output = run_tool(PYTHON, TOOL, *photos['paths'], '--out', out,
                       '--arch', 'small', '--registers', 4, '--pretrained', weights,
                       '--size', 100, '--height', 60)
     assert 'rounded to 98' in output and 'loaded pretrained weights' in output

@@ -1,7 +1,8 @@
 """Convert a weight file released by the original DINOv2-LoRA project into an MMSeg checkpoint
 and a config that predicts what the original model predicts.
 
-    python tools/import_seed_weights.py large_voc_lora.pt work_dirs/large_voc_lora.pth
+    python tools/model_converters/dinov2_finetune2mmseg.py large_voc_lora.pt \
+        work_dirs/large_voc_lora.pth
     python tools/test.py work_dirs/large_voc_lora.py work_dirs/large_voc_lora.pth
 
 The original files (``large_voc_lora.pt``, ``large_voc_no_lora.pt``,
@@ -25,7 +26,6 @@ from DINOv2 files, so the backbone is a stated assumption (``--backbone``).
 """
 import argparse
 import io
-import os
 import os.path as osp
 import re
 
@@ -34,10 +34,11 @@ from mmseg.datasets import ADE20KDataset, PascalVOCDataset
 
 from dinolora_mmseg.models.backbones.dinov2 import DINOv2
 from dinolora_mmseg.utils import load_weights
+from dinolora_mmseg.utils.atomic_write import atomic_write_files
 
 ARCHS = {384: ('small', 12), 768: ('base', 12), 1024: ('large', 24), 1536: ('giant', 40)}
 DATASETS = {21: ('voc', PascalVOCDataset), 150: ('ade20k', ADE20KDataset)}
-CONFIG_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs')
+CONFIG_DIR = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'configs')
 LORA_KEY = re.compile(r'w_([ab])_(\d{3})')
 
 
@@ -126,30 +127,13 @@ def config_text(info, src, pretrained):
         backbone.append(f'pretrained={pretrained or DINOv2.official_url(info["arch"], 4)!r}')
     if info['rank'] not in (None, 3):
         backbone.append(f'lora=dict(rank={info["rank"]}, alpha={info["rank"]})')
-    text = ('# Imported by tools/import_seed_weights.py as DINOv2 weights from\n'
+    text = ('# Imported by tools/model_converters/dinov2_finetune2mmseg.py as DINOv2 weights from\n'
             f'# {src}\n'
             '# The original project\'s input handling (RGB / 255 at 490 x 490) comes from _base_.\n'
             f'_base_ = {base!r}\n'
             f'model = dict(\n    backbone=dict({", ".join(backbone)}),\n'
             f'    decode_head=dict(in_channels={info["dim"]}))\n')
     return text, base
-
-
-def write_atomically(contents):
-    """Write every ``path: bytes`` of ``contents`` through temporary files, so that a failed
-    write leaves none of them, not even in part."""
-    try:
-        for path, data in contents.items():
-            os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-            with open(path + '.tmp', 'wb') as file:
-                file.write(data)
-    except OSError:
-        for path in contents:
-            if osp.exists(path + '.tmp'):
-                os.remove(path + '.tmp')
-        raise
-    for path in contents:
-        os.replace(path + '.tmp', path)
 
 
 def parse_args():
@@ -196,14 +180,14 @@ def main():
     meta = dict(imported_from=osp.abspath(args.src), dataset_meta=dataset_meta(info['num_classes']))
     buffer = io.BytesIO()
     torch.save(dict(state_dict=state, meta=meta), buffer)
-    write_atomically({args.out: buffer.getvalue(), config_path: text.encode()})
+    atomic_write_files({args.out: buffer.getvalue(), config_path: text.encode()})
     lora = 'no LoRA' if info['rank'] is None else f'LoRA rank {info["rank"]}'
     print(f'ViT-{info["arch"]} ({info["depth"]} blocks), {lora}, '
           f'{info["num_classes"]} classes ({DATASETS[info["num_classes"]][0]}) -> {args.out}\n'
           f'Config {config_path}, based on {osp.relpath(base)}: predicts what the original '
           'model predicts (RGB / 255, 490 x 490, logits resized to each image)\n'
           f'python tools/test.py {config_path} {args.out}\n'
-          f'python tools/infer.py IMAGE --config {config_path} --checkpoint {args.out} '
+          f'python tools/misc/infer.py IMAGE --config {config_path} --checkpoint {args.out} '
           '--out OUT_DIR')
 
 

@@ -1,4 +1,5 @@
-"""tools/test_robustness.py on demo data: its files agree, re-runs reuse, 2 processes agree."""
+"""tools/analysis_tools/test_robustness.py on demo data: its files agree, re-runs reuse, 2
+processes agree."""
 import argparse
 import csv
 import json
@@ -17,20 +18,19 @@ from tests.helpers import (PYTHON, ROOT, free_port, load_tool, logged_metrics, r
 CORRUPTIONS = ('gaussian_noise', 'fog')
 SEVERITIES = (1, 5)
 FILES = ('robustness.json', 'robustness.csv', 'robustness.md', 'robustness.png')
-
-
-tool = load_tool('test_robustness')
+TOOL = 'tools/analysis_tools/test_robustness.py'
+tool = load_tool('analysis_tools/test_robustness')
 
 
 def sweep(config, checkpoint, work_dir, *options, **kwargs):
-    return run_tool(PYTHON, 'tools/test_robustness.py', config, checkpoint, '--work-dir',
+    return run_tool(PYTHON, TOOL, config, checkpoint, '--work-dir',
                     work_dir, *options, **kwargs)
 
 
 @pytest.fixture(scope='module')
 def swept(tmp_path_factory):
     root = tmp_path_factory.mktemp('robustness')
-    run_tool(PYTHON, 'tools/make_demo_data.py', root / 'data', '--format', 'voc',
+    run_tool(PYTHON, 'tools/misc/make_demo_data.py', root / 'data', '--format', 'voc',
              '--num-train', 8, '--num-val', 4)
     config = write_tiny_config(root / 'tiny.py', f'{ROOT}/configs/demo/dinov2_lora_voc_demo.py',
                                root / 'data/VOCdevkit/VOC2012', embed_dims=96,
@@ -116,7 +116,7 @@ def test_two_processes_give_the_same_numbers(swept):
     work = swept['root'] / 'sweep2'
     output = run_tool(PYTHON, '-m', 'torch.distributed.run', '--nproc_per_node', 2,
                       '--master_addr', '127.0.0.1', '--master_port', free_port(),
-                      'tools/test_robustness.py', swept['config'], swept['checkpoint'],
+                      TOOL, swept['config'], swept['checkpoint'],
                       '--work-dir', work, '--corruptions', 'gaussian_noise', '--severities', 5,
                       '--launcher', 'pytorch')
     assert 'rank 0 of 2 runs on the CPU with the gloo backend' in output
@@ -144,7 +144,7 @@ def test_results_follow_the_checkpoint_content_not_its_path(swept, tmp_path):
     state['state_dict']['decode_head.conv_seg.bias'] += 1
     torch.save(state, checkpoint)  # not the checkpoint these results are of, at their path
     args = ('--corruptions', 'gaussian_noise', '--severities', 1)
-    result = subprocess.run([PYTHON, 'tools/test_robustness.py', swept['config'], checkpoint,
+    result = subprocess.run([PYTHON, TOOL, swept['config'], checkpoint,
                              '--work-dir', work, *map(str, args)], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode != 0 and '(reused)' not in result.stdout

@@ -13,6 +13,7 @@ from dinolora_mmseg.utils.integrity import verify_safetensors
 from tests.helpers import PYTHON, ROOT, official_state_dict, run_tool, write_tiny_config
 
 DEMO = osp.join(ROOT, 'configs/demo/dinov2_lora_voc_demo.py')
+TOOL = 'tools/model_converters/merge_lora.py'
 
 
 def build(config, **backbone):
@@ -49,7 +50,7 @@ def lora_checkpoint(tmp_path_factory):
 def test_merged_checkpoint_predicts_the_same_without_lora(lora_checkpoint, fmt):
     root, config, model = lora_checkpoint
     out = root / f'merged.{fmt}'
-    run_tool(PYTHON, 'tools/merge_lora.py', config, root / 'lora.pth', out, '--format', fmt)
+    run_tool(PYTHON, TOOL, config, root / 'lora.pth', out, '--format', fmt)
     if fmt == 'safetensors':
         assert verify_safetensors(str(out))  # it carries a checksum, checked where it loads
     merged = build(config, lora=None)
@@ -63,7 +64,7 @@ def test_merged_checkpoint_predicts_the_same_without_lora(lora_checkpoint, fmt):
 def test_backbone_only_export_is_the_official_layout(lora_checkpoint):
     root, config, model = lora_checkpoint
     out = root / 'backbone.pth'
-    run_tool(PYTHON, 'tools/merge_lora.py', config, root / 'lora.pth', out, '--backbone-only')
+    run_tool(PYTHON, TOOL, config, root / 'lora.pth', out, '--backbone-only')
     state = torch.load(out, weights_only=True)
     assert set(state) == set(official_state_dict(64, 2, 4))
     backbone = DINOv2(arch=dict(embed_dims=64, num_layers=2, num_heads=2),
@@ -77,7 +78,7 @@ def test_nothing_to_merge(lora_checkpoint, tmp_path):
     root, config, _ = lora_checkpoint
     plain = tmp_path / 'plain.py'
     plain.write_text(f"_base_ = '{config}'\nmodel = dict(backbone=dict(lora=None))\n")
-    result = subprocess.run([PYTHON, 'tools/merge_lora.py', plain, root / 'lora.pth',
+    result = subprocess.run([PYTHON, TOOL, plain, root / 'lora.pth',
                              tmp_path / 'out.pth'], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode != 0
     assert 'builds a model without LoRA adapters: nothing to merge' in result.stderr

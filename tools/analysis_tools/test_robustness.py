@@ -1,6 +1,7 @@
 """Test a segmentor on ImageNet-C corruptions of its test set, severity by severity.
 
-    python tools/test_robustness.py CONFIG CHECKPOINT [--corruptions fog snow] [--extra]
+    python tools/analysis_tools/test_robustness.py CONFIG CHECKPOINT \
+        [--corruptions fog snow] [--extra]
 
 Runs the clean test set, then every corruption x severity (default: the 15 ImageNet-C
 corruptions x severities 1-5; ``--extra`` adds the 4 extra ones) with ``ImageCorruption``

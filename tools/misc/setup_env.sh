@@ -11,7 +11,7 @@
 # non-zero. A machine that already has everything passes in about a second.
 set -euo pipefail
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 HOME_DIR=${DINOLORA_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/dinolora-mmseg}
 VENV=${DINOLORA_VENV:-$HOME_DIR/venv}
 TORCH_SPEC=${TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}

@@ -4,16 +4,15 @@ The signature figure of DINOv2: a first 1-component PCA over the patches of all 
 separates foreground from background, a second 3-component PCA over the foreground
 patches gives their colours (background black)::
 
-    python tools/visualize_pca.py img1.jpg img2.jpg --out pca.png \
+    python tools/analysis_tools/visualize_pca.py img1.jpg img2.jpg --out pca.png \
         --arch large --registers 4 --pretrained checkpoints/dinov2_vitl14_reg4_pretrain.pth
-    python tools/visualize_pca.py img1.jpg img2.jpg --out pca.png \
+    python tools/analysis_tools/visualize_pca.py img1.jpg img2.jpg --out pca.png \
         --config configs/dinov2_lora_voc.py --checkpoint work_dirs/dinov2_lora_voc/iter_20000.pth
 
 The output is one PNG: the images in the top row, their PCA maps below.
 """
 import argparse
 import logging
-import os
 import os.path as osp
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -29,6 +28,7 @@ from sklearn.decomposition import PCA
 from sklearn.preprocessing import minmax_scale
 
 from dinolora_mmseg.models.backbones import DINOv2
+from dinolora_mmseg.utils.atomic_write import atomic_write_image
 
 # ImageNet mean and std of RGB images in 0..255, as the configs' data_preprocessor.
 MEAN = (123.675, 116.28, 103.53)
@@ -194,15 +194,6 @@ def make_grid(images: Sequence[np.ndarray], maps: Sequence[np.ndarray],
     return np.concatenate(columns, axis=1)
 
 
-def write_png(image: np.ndarray, path: str) -> None:
-    """Write an RGB image to ``path`` (folders created) whole or not at all."""
-    folder, name = osp.split(osp.abspath(path))
-    partial = osp.join(folder, f'.partial-{name}')
-    if not mmcv.imwrite(mmcv.rgb2bgr(image), partial):
-        raise OSError(f'Could not write {path}')
-    os.replace(partial, path)
-
-
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('images', nargs='+', metavar='IMAGE', help='image files')
@@ -260,7 +251,7 @@ def main():
     features = extract_features(backbone, images, size)
     maps, _ = pca_maps(features, args.threshold, args.direction)
     grid = make_grid(images, maps, args.height)
-    write_png(grid, args.out)
+    atomic_write_image(args.out, grid)
     print(f'\nPCA of {len(images)} images written to {args.out}')
 
 
