@@ -21,7 +21,7 @@ step() { echo "[setup] $*"; }
 fail() { echo "[setup] FAILED: $*" >&2; exit 1; }
 
 stamp_key() {
-    cat "$REPO/setup.cfg" "$REPO/tools/setup_env.sh" | sha256sum | cut -c1-16
+    cat "$REPO/setup.cfg" "$REPO/tools/misc/setup_env.sh" | sha256sum | cut -c1-16
     echo "$REPO"
 }
 
