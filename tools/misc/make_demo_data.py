@@ -186,7 +186,7 @@ def write_atomically(target: str, writer, *args) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def main():
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('out', nargs='?', default='data', help='folder for both datasets')
     parser.add_argument('--format', choices=['voc', 'ade', 'both'], default='both')
@@ -194,7 +194,11 @@ def main():
     parser.add_argument('--num-val', type=int, default=16)
     parser.add_argument('--size', type=int, nargs=2, default=(168, 224), metavar=('H', 'W'))
     parser.add_argument('--seed', type=int, default=0)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
     splits = {'train': args.num_train, 'val': args.num_val}
     shape = tuple(args.size)
     if args.format in ('voc', 'both'):
