@@ -44,11 +44,14 @@ def cached_download(url: str) -> str:
     return cached
 
 
-def load_weights(path: str) -> Dict[str, torch.Tensor]:
+def load_weights(path: str, mmap: bool = False) -> Dict[str, torch.Tensor]:
     """Read a state dict of plain tensors from a ``.pth``/``.pt``, ``.safetensors`` file or URL.
 
     Args:
         path (str): Local file or ``http(s)`` URL (cached in the torch hub folder).
+        mmap (bool): Map a ``.pth`` file's tensors from disk instead of reading them
+            into memory (pages load as they are used); for a caller that copies them
+            anyway, e.g. to another dtype.
 
     Returns:
         dict[str, torch.Tensor]: The tensors, on the CPU.
@@ -66,7 +69,7 @@ def load_weights(path: str) -> Dict[str, torch.Tensor]:
         state = load_file(path, device='cpu')
     else:
         try:
-            state = torch.load(path, map_location='cpu', weights_only=True)
+            state = torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
         except pickle.UnpicklingError as error:
             raise ValueError(
                 f'{path} is not a plain weight file: its pickle asks for objects that '
