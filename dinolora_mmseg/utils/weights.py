@@ -6,6 +6,7 @@ file that asks to run code while loading is refused.
 """
 import os
 import pickle
+import zipfile
 from typing import Dict
 from urllib.parse import urlparse
 
@@ -51,7 +52,8 @@ def load_weights(path: str, mmap: bool = False) -> Dict[str, torch.Tensor]:
         path (str): Local file or ``http(s)`` URL (cached in the torch hub folder).
         mmap (bool): Map a ``.pth`` file's tensors from disk instead of reading them
             into memory (pages load as they are used); for a caller that copies them
-            anyway, e.g. to another dtype.
+            anyway, e.g. to another dtype. Files in torch's legacy (non-zip) format
+            are read as usual.
 
     Returns:
         dict[str, torch.Tensor]: The tensors, on the CPU.
@@ -69,7 +71,8 @@ def load_weights(path: str, mmap: bool = False) -> Dict[str, torch.Tensor]:
         state = load_file(path, device='cpu')
     else:
         try:
-            state = torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
+            state = torch.load(path, map_location='cpu', weights_only=True,
+                               mmap=mmap and zipfile.is_zipfile(path))
         except pickle.UnpicklingError as error:
             raise ValueError(
                 f'{path} is not a plain weight file: its pickle asks for objects that '

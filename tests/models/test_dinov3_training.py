@@ -185,6 +185,14 @@ def test_bfloat16_frozen_weights_with_float32_adapters(pretrained):
         DINOv3(arch=TINY3, frozen=False, frozen_dtype='bfloat16')
 
 
+def test_bfloat16_from_a_legacy_format_file(tmp_path):
+    """Files written by torch's legacy serialisation cannot be memory-mapped: read them."""
+    state = official_dinov3_state_dict(64, 3, 2)
+    torch.save(state, tmp_path / 'legacy.pth', _use_new_zipfile_serialization=False)
+    model = DINOv3(arch=TINY3, pretrained=str(tmp_path / 'legacy.pth'), frozen_dtype='bfloat16')
+    assert torch.equal(model.cls_token, state['cls_token'].bfloat16())
+
+
 def test_official_export_holds_the_merged_adapters(pretrained, tmp_path):
     model = DINOv3(arch=SWIGLU, pretrained=pretrained,
                    lora=dict(rank=2, targets=('qkv', 'fc1'))).eval()

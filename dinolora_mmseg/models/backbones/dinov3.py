@@ -61,7 +61,8 @@ class DINOv3(DINOViTBase):
         out_indices (int | Sequence[int]): Blocks whose outputs are returned;
             negative indices count from the end.
         final_norm (bool): Apply the final LayerNorm to every output.
-        drop_path_rate (float): Stochastic depth, rising linearly to this rate.
+        drop_path_rate (float): Stochastic depth, rising linearly to this rate (the
+            official pretraining drops whole samples at one rate in every block).
             Inactive while the backbone is frozen.
         rope_cfg (dict, optional): Overrides of the RoPE settings (see
             :class:`RopePositionEmbedding`): official ``base=100``,
