@@ -1,7 +1,8 @@
 # dinov2_linear_ade20k.py with the original DINOv2-LoRA project's input handling, for its
-# large_ade20k_no_lora.pt imported by tools/model_converters/dinov2_finetune2mmseg.py: RGB scaled to [0, 1] (no
-# ImageNet mean/std) and resized to 490 x 490 for testing, so the model predicts what the
-# original predicts. Training keeps dinov2_linear_ade20k.py's crops and schedule.
+# large_ade20k_no_lora.pt imported by tools/model_converters/dinov2_finetune2mmseg.py: RGB
+# scaled to [0, 1] (no ImageNet mean/std) and resized to 490 x 490 for testing, so the model
+# predicts what the original predicts. Training keeps dinov2_linear_ade20k.py's crops and
+# schedule.
 _base_ = [
     './_base_/models/dinov2_linear.py', './_base_/datasets/ade20k_original_490.py',
     'mmseg::_base_/default_runtime.py', './_base_/schedules/adamw_40k.py'

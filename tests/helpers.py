@@ -1,4 +1,4 @@
-"""Shared test helpers: official-layout DINOv2 checkpoints, running the tools."""
+"""Shared test helpers: official-layout DINOv2/DINOv3 checkpoints, running the tools."""
 import importlib.util
 import os
 import re
@@ -71,6 +71,80 @@ def official_state_dict(embed_dims: int,
         if key.endswith(('norm1.weight', 'norm2.weight', 'norm.weight')):
             value = 1.0 + 0.1 * value
         state[key] = value
+    return state
+
+
+def official_dinov3_shapes(embed_dims: int,
+                           num_layers: int,
+                           num_heads: int,
+                           swiglu: bool = False,
+                           mlp_ratio: float = 4.0,
+                           swiglu_align: int = 8,
+                           qkv_bias: bool = True,
+                           local_cls_norm: bool = False) -> Dict[str, Tuple[int, ...]]:
+    """Key names and shapes of the official DINOv3 ViT releases.
+
+    Written from the release format (``dinov3_vit*16*_pretrain_*.pth``: 4 storage
+    tokens, RoPE periods, a ``bias_mask`` per qkv bias, SwiGLU as ``w1``/``w2``/``w3``,
+    ``local_cls_norm`` in the 7B and SAT ViT-L files), not from the model under test.
+    """
+    C = embed_dims
+    shapes = {
+        'cls_token': (1, 1, C),
+        'storage_tokens': (1, 4, C),
+        'mask_token': (1, C),
+        'patch_embed.proj.weight': (C, 3, 16, 16),
+        'patch_embed.proj.bias': (C, ),
+        'rope_embed.periods': (C // num_heads // 4, ),
+        'norm.weight': (C, ),
+        'norm.bias': (C, ),
+    }
+    if local_cls_norm:
+        shapes.update({'local_cls_norm.weight': (C, ), 'local_cls_norm.bias': (C, )})
+    hidden = int(C * mlp_ratio)
+    if swiglu:
+        hidden = int(hidden * 2 / 3)
+        hidden += -hidden % swiglu_align
+        ffn = {'mlp.w1.weight': (hidden, C), 'mlp.w1.bias': (hidden, ),
+               'mlp.w2.weight': (hidden, C), 'mlp.w2.bias': (hidden, ),
+               'mlp.w3.weight': (C, hidden), 'mlp.w3.bias': (C, )}
+    else:
+        ffn = {'mlp.fc1.weight': (hidden, C), 'mlp.fc1.bias': (hidden, ),
+               'mlp.fc2.weight': (C, hidden), 'mlp.fc2.bias': (C, )}
+    block = {'norm1.weight': (C, ), 'norm1.bias': (C, ), 'attn.qkv.weight': (3 * C, C),
+             'attn.proj.weight': (C, C), 'attn.proj.bias': (C, ), 'ls1.gamma': (C, ),
+             'norm2.weight': (C, ), 'norm2.bias': (C, ), 'ls2.gamma': (C, ), **ffn}
+    if qkv_bias:
+        block.update({'attn.qkv.bias': (3 * C, ), 'attn.qkv.bias_mask': (3 * C, )})
+    for i in range(num_layers):
+        shapes.update({f'blocks.{i}.{k}': v for k, v in block.items()})
+    return shapes
+
+
+def official_dinov3_state_dict(embed_dims: int, num_layers: int, num_heads: int,
+                               seed: int = 0, **arch) -> Dict[str, torch.Tensor]:
+    """Random tensors in the official DINOv3 layout (see :func:`official_dinov3_shapes`,
+    which ``arch`` is passed to). As in the releases, the RoPE periods are those of base
+    100 stored in bfloat16 and each ``bias_mask`` is 1 for the query and value thirds and 0
+    for the key third; the biases are random in all three thirds.
+    """
+    shapes = official_dinov3_shapes(embed_dims, num_layers, num_heads, **arch)
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, shape in shapes.items():
+        if key == 'rope_embed.periods':
+            head_dims = embed_dims // num_heads
+            exponents = 2 * torch.arange(head_dims // 4, dtype=torch.float32) / (head_dims // 2)
+            state[key] = (100.0**exponents).to(torch.bfloat16)
+        elif key.endswith('bias_mask'):
+            state[key] = torch.ones(shape)
+            state[key][embed_dims:2 * embed_dims] = 0
+        else:
+            fan_in = shape[-1] if key.endswith('weight') and len(shape) == 2 else 1
+            value = torch.randn(shape, generator=g) * (fan_in**-0.5 if fan_in > 1 else 0.5)
+            if key.endswith('norm.weight') or key.endswith(('norm1.weight', 'norm2.weight')):
+                value = 1.0 + 0.1 * value
+            state[key] = value
     return state
 
 

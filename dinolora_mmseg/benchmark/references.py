@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from mmengine.config import Config
 from torch import nn
 
-from ..models.utils.dinov2_layers import Attention, linear_after_norm
+from ..models.utils import Attention, Rope, apply_rope, linear_after_norm
 
 REFERENCES = ('timm-peft', 'naive-attention', 'no-lora')
 TIMM_NAMES = dict(small='vit_small_patch14', base='vit_base_patch14',
@@ -14,12 +14,15 @@ TIMM_NAMES = dict(small='vit_small_patch14', base='vit_base_patch14',
 
 
 def naive_attention_forward(self: Attention, x: torch.Tensor,
-                            norm: Optional[nn.LayerNorm] = None) -> torch.Tensor:
+                            norm: Optional[nn.LayerNorm] = None,
+                            rope: Optional[Rope] = None) -> torch.Tensor:
     """``Attention.forward`` with the attention matrix materialised (the reference)."""
     B, N, C = x.shape
     qkv = linear_after_norm(self.qkv, x, norm).reshape(B, N, 3, self.num_heads,
                                                          C // self.num_heads)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    if rope is not None:
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
     weights = ((q * q.shape[-1]**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
     return self.proj((weights @ v).transpose(1, 2).reshape(B, N, C))
 

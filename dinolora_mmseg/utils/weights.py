@@ -51,8 +51,8 @@ def cached_download(url: str) -> str:
     return cached
 
 
-def load_weights(path: str, prefixes: Sequence[str] = FRAMEWORK_PREFIXES
-                 ) -> Dict[str, torch.Tensor]:
+def load_weights(path: str, prefixes: Sequence[str] = FRAMEWORK_PREFIXES,
+                 mmap: bool = False) -> Dict[str, torch.Tensor]:
     """Read a state dict of plain tensors from a ``.pth``/``.pt``, ``.safetensors`` file or URL.
 
     The file is checked for damage first (see :mod:`.integrity`). A file saved by a
@@ -64,6 +64,10 @@ def load_weights(path: str, prefixes: Sequence[str] = FRAMEWORK_PREFIXES
         path (str): Local file or ``http(s)`` URL (cached in the torch hub folder).
         prefixes (Sequence[str]): Key prefixes to select and strip, in this order.
             Defaults to ``('module.', 'teacher.', 'backbone.')``.
+        mmap (bool): Map a ``.pth`` file's tensors from disk instead of reading them
+            into memory (pages load as they are used); for a caller that copies them
+            anyway, e.g. to another dtype. Files in torch's legacy (non-zip) format
+            are read as usual.
 
     Returns:
         dict[str, torch.Tensor]: The tensors, on the CPU.
@@ -86,7 +90,8 @@ def load_weights(path: str, prefixes: Sequence[str] = FRAMEWORK_PREFIXES
         if zipfile.is_zipfile(path):
             verify_zip(path)
         try:
-            state = torch.load(path, map_location='cpu', weights_only=True)
+            state = torch.load(path, map_location='cpu', weights_only=True,
+                               mmap=mmap and zipfile.is_zipfile(path))
         except pickle.UnpicklingError as error:
             raise ValueError(
                 f'{path} is not a plain weight file: its pickle asks for objects that '

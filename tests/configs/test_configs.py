@@ -10,6 +10,7 @@ from mmseg.registry import MODELS
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', '**', '*.py'), recursive=True))
 TOP_LEVEL = [c for c in CONFIGS if '_base_' not in c]
+PATCH_SIZES = dict(DINOv2=14, DINOv3=16)
 
 
 def test_the_main_config_exists():
@@ -20,14 +21,14 @@ def test_the_main_config_exists():
 def test_config_builds_its_model(path):
     cfg = Config.fromfile(path)  # runs custom_imports: dinolora_mmseg registers itself
     init_default_scope(cfg.get('default_scope', 'mmseg'))
-    is_dinov2 = cfg.model.backbone.type == 'DINOv2'
-    if is_dinov2:
+    is_dino = cfg.model.backbone.type in PATCH_SIZES
+    if is_dino:
         cfg.model.backbone.pretrained = None  # no downloads in tests
-    # Meta tensors build ViT-L/g without memory; MMSeg's ViT needs real ones.
-    with torch.device('meta' if is_dinov2 else 'cpu'):
+    # Meta tensors build ViT-L/g/7B without memory; MMSeg's ViT needs real ones.
+    with torch.device('meta' if is_dino else 'cpu'):
         model = MODELS.build(cfg.model)
     backbone = model.backbone
-    assert type(backbone).__name__ in ('DINOv2', 'LoRABackbone')
+    assert type(backbone).__name__ in ('DINOv2', 'DINOv3', 'LoRABackbone')
     assert all('.lora_' in n for n, p in backbone.named_parameters() if p.requires_grad)
     lora = cfg.model.backbone.get('lora')
     assert any('.lora_' in n for n, _ in backbone.named_parameters()) == (lora is not None)
@@ -36,7 +37,8 @@ def test_config_builds_its_model(path):
     crop = next(t['crop_size'] for t in cfg.train_dataloader.dataset.pipeline
                 if t['type'] == 'RandomCrop')
     if 'upernet' not in path:  # the mixing examples keep MMSeg's pipelines and 512 crops
-        assert crop[0] % 14 == 0 and crop[1] % 14 == 0
+        patch = PATCH_SIZES[cfg.model.backbone.type]
+        assert crop[0] % patch == 0 and crop[1] % patch == 0
         for loader in (cfg.train_dataloader, cfg.test_dataloader):
             checks = [t for t in loader.dataset.pipeline if t['type'] == 'CheckSegMap']
             assert [t['num_classes'] for t in checks] == [classes]
@@ -54,13 +56,48 @@ def pads_to_multiples_of(preprocessor: dict, patch: int) -> bool:
     return divisor is not None and divisor % patch == 0
 
 
-@pytest.mark.parametrize('path', [c for c in TOP_LEVEL if osp.basename(c).startswith('dinov2')],
+@pytest.mark.parametrize('path', [c for c in TOP_LEVEL if osp.basename(c).startswith('dinov')],
                          ids=lambda p: osp.relpath(p, ROOT))
-def test_dinov2_inputs_are_padded_by_the_preprocessor(path):
+def test_dino_inputs_are_padded_by_the_preprocessor(path):
     """The segmentor crops the preprocessor's padding off the predictions; padding left to
     the backbone would stretch them (tests/models/test_segmentor_padding.py)."""
     cfg = Config.fromfile(path)
-    assert cfg.model.backbone.type == 'DINOv2'
+    family = osp.basename(path)[:6].replace('dinov', 'DINOv')
+    assert cfg.model.backbone.type == family
     preprocessor = cfg.model.data_preprocessor
-    assert pads_to_multiples_of(preprocessor, 14)
-    assert pads_to_multiples_of(preprocessor.get('test_cfg') or {}, 14)
+    assert pads_to_multiples_of(preprocessor, PATCH_SIZES[family])
+    assert pads_to_multiples_of(preprocessor.get('test_cfg') or {}, PATCH_SIZES[family])
+
+
+@pytest.mark.parametrize('name', ['dinov3_lora_voc.py', 'dinov3_lora_ade20k.py'])
+def test_dinov3_lora_configs(name):
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', name))
+    backbone = cfg.model.backbone
+    assert (backbone.type, backbone.arch, backbone.lora.rank, backbone.lora.targets) == (
+        'DINOv3', 'large', 3, ('q', 'v'))
+    assert backbone.pretrained.startswith('checkpoints/dinov3_vitl16_pretrain_')
+    assert cfg.model.decode_head.type == 'LinearHead'
+    crop = next(t['crop_size'] for t in cfg.train_dataloader.dataset.pipeline
+                if t['type'] == 'RandomCrop')
+    assert crop == (512, 512)  # the 32 x 32 patch grid
+
+
+def test_dinov3_linear_protocol_is_the_official_one():
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'dinov3_linear_ade20k.py'))
+    assert cfg.model.backbone.lora is None and cfg.model.backbone.out_indices == -1
+    head = cfg.model.decode_head
+    assert (head.norm_cfg.type, head.dropout_ratio) == ('SyncBN', 0.1)
+    assert cfg.model.test_cfg == dict(mode='slide', crop_size=(512, 512), stride=(341, 341))
+    optimizer = cfg.optim_wrapper.optimizer
+    assert (optimizer.type, optimizer.lr, optimizer.weight_decay) == ('AdamW', 1e-3, 1e-3)
+    warmup, decay = cfg.param_scheduler
+    assert (warmup.start_factor, warmup.end, decay.type, decay.end) == (
+        1e-6, 1500, 'CosineAnnealingLR', 40000)
+
+
+def test_sat493m_variant_uses_its_normalisation():
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'dinov3_lora_voc_sat493m.py'))
+    preprocessor = cfg.model.data_preprocessor
+    assert [round(m / 255, 3) for m in preprocessor.mean] == [0.430, 0.411, 0.296]
+    assert [round(s / 255, 3) for s in preprocessor.std] == [0.213, 0.156, 0.143]
+    assert 'sat493m' in cfg.model.backbone.pretrained

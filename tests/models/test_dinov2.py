@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from mmseg.registry import MODELS
 
 from dinolora_mmseg.models import DINOv2
-from dinolora_mmseg.models.backbones import dinov2
+from dinolora_mmseg.models.backbones import dino_vit_base
 from dinolora_mmseg.utils.fingerprint import decode_record, tensor_fingerprint
 from tests.helpers import TINY, official_shapes, official_state_dict
 
@@ -342,7 +342,8 @@ def test_adapters_only_on_blocks_that_run():
 
 def test_self_padding_warns_once(monkeypatch):
     logged = []
-    monkeypatch.setattr(dinov2, 'print_log', lambda msg, **kwargs: logged.append((msg, kwargs)))
+    monkeypatch.setattr(dino_vit_base, 'print_log',
+                        lambda msg, **kwargs: logged.append((msg, kwargs)))
     model = DINOv2(arch=TINY).eval()
     model(torch.randn(1, 3, 28, 30))
     model(torch.randn(1, 3, 28, 30))

@@ -49,7 +49,7 @@ from dinolora_mmseg.benchmark.measure import (MEMORY_CHILD_ENV, count_flops, cpu
 from dinolora_mmseg.benchmark.references import (REFERENCES, check_reference,
                                                  naive_attention_forward)
 from dinolora_mmseg.benchmark.workloads import build_workload
-from dinolora_mmseg.models.utils.dinov2_layers import Attention
+from dinolora_mmseg.models.utils import Attention
 from dinolora_mmseg.utils.weights import hub_cache_path, is_url
 
 

@@ -1,0 +1,260 @@
+"""What the DINOv2 and DINOv3 backbones share: blocks, outputs, LoRA, frozen weights."""
+import logging
+from contextlib import nullcontext
+from functools import partial
+from itertools import chain
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from torch import nn
+from torch.utils.checkpoint import (CheckpointPolicy, checkpoint,
+                                    create_selective_checkpoint_contexts)
+
+from ..lora import LoRALinear, add_lora, merge_lora, train_adapters_only, unmerge_lora
+from ..utils import Block, PatchEmbed, Rope
+from .frozen_pretrained import FrozenPretrainedMixin
+
+# Attention kernels whose outputs activation checkpointing keeps: attention is the
+# costliest part of a block to recompute (most of it at high resolution) and its
+# output is one token-width tensor, a small part of what a block holds for backward.
+ATTENTION_OPS = frozenset(
+    getattr(torch.ops.aten, name).default for name in (
+        '_scaled_dot_product_flash_attention_for_cpu', '_scaled_dot_product_flash_attention',
+        '_scaled_dot_product_efficient_attention', '_scaled_dot_product_cudnn_attention')
+    if hasattr(torch.ops.aten, name))
+FROZEN_DTYPES = {'float32': None, 'bfloat16': torch.bfloat16}
+
+
+def _keep_attention(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    """Selective checkpointing policy: save attention outputs, recompute the rest."""
+    return (CheckpointPolicy.MUST_SAVE if op in ATTENTION_OPS
+            else CheckpointPolicy.PREFER_RECOMPUTE)
+
+
+class DINOViTBase(FrozenPretrainedMixin, BaseModule):
+    """A DINO vision transformer: patch tokens after prefix tokens, pre-norm blocks, LoRA.
+
+    Subclasses add the prefix tokens and the position information (``_build_tokens``,
+    ``_init_tokens``, ``_prepare_tokens``, ``_rope``) and convert the official key
+    layout (``_from_official``, ``_to_official``); they set the attributes their hooks
+    read before calling ``__init__``. See :class:`DINOv2` and :class:`DINOv3` for the
+    arguments.
+    """
+
+    family = 'DINO'
+    arch_zoo: Dict[str, Dict] = {}
+    ffn_layers: Dict[str, Callable[[int, int], nn.Module]] = {}
+    norm_eps = 1e-6
+    lora_target_names = ('q', 'k', 'v', 'qkv', 'proj', 'fc1', 'fc2')
+
+    def __init__(self, arch: Union[str, Dict], patch_size: int, in_channels: int,
+                 out_indices: Union[int, Sequence[int]], final_norm: bool,
+                 drop_path_rate: float, pretrained: Optional[str], verify_pretrained: bool,
+                 frozen: bool, frozen_dtype: str, lora: Optional[Dict], with_cp: bool,
+                 init_cfg: Optional[Dict]):
+        super().__init__(init_cfg=init_cfg)
+        self.arch_settings = arch = self._arch_settings(arch)
+        if frozen_dtype not in FROZEN_DTYPES or (frozen_dtype != 'float32' and not frozen):
+            raise ValueError(f'frozen_dtype must be one of {list(FROZEN_DTYPES)} (and float32 '
+                             f'unless frozen=True), got {frozen_dtype!r}, frozen={frozen}')
+        self.embed_dims = embed_dims = arch['embed_dims']
+        self.num_layers = num_layers = arch['num_layers']
+        self.num_heads = arch['num_heads']
+        self.ffn_type = arch.get('ffn_type', 'mlp')
+        self.patch_size = patch_size
+        self.final_norm = final_norm
+        self.with_cp = with_cp
+        self.frozen = frozen
+        self.frozen_dtype = FROZEN_DTYPES[frozen_dtype]
+        self.out_indices = self._normalise_indices(out_indices, 'out_indices')
+        self.pretrained = pretrained
+        self.pretrained_fingerprint: Optional[str] = None
+        self.verify_pretrained = verify_pretrained
+        self._warned_padding = False
+
+        # With a pretrained file, build without memory and let the file's tensors in.
+        with torch.device('meta') if pretrained else nullcontext():
+            self.patch_embed = PatchEmbed(patch_size, in_channels, embed_dims)
+            self._build_tokens()
+            ffn = self._ffn(arch)
+            hidden_dims = int(embed_dims * arch.get('mlp_ratio', 4.0))
+            rates = [drop_path_rate * i / max(num_layers - 1, 1) for i in range(num_layers)]
+            self.blocks = nn.ModuleList(
+                Block(embed_dims, self.num_heads, ffn, hidden_dims, rate, self.norm_eps,
+                      arch.get('qkv_bias', True)) for rate in rates)
+            self.norm = nn.LayerNorm(embed_dims, eps=self.norm_eps)
+            self._init_random()
+        if pretrained:
+            self.load_pretrained(pretrained)
+        else:
+            print_log(f'{self.family}: no pretrained weights given; the backbone is randomly '
+                      'initialised', logger='current', level=logging.WARNING)
+            if self.frozen_dtype is not None:
+                for param in self.parameters():
+                    param.data = param.data.to(self.frozen_dtype)
+        if frozen:
+            self.requires_grad_(False)
+        # What the pretrained file restores: frozen parameters and the buffers.
+        self.frozen_keys = frozenset(chain(
+            (name for name, p in self.named_parameters() if not p.requires_grad),
+            (name for name, _ in self.named_buffers())))
+        if lora is not None:
+            self._add_lora(**lora)
+        self._register_state_dict_hook(self._drop_restorable_weights)
+        self._register_load_state_dict_pre_hook(self._check_and_complete, with_module=False)
+
+    def _arch_settings(self, arch: Union[str, Dict]) -> Dict:
+        if isinstance(arch, str):
+            if arch not in self.arch_zoo:
+                raise ValueError(f'Unknown {self.family} arch {arch!r}; choose one of '
+                                 f'{sorted(self.arch_zoo)} or pass a dict')
+            return self.arch_zoo[arch]
+        required = {'embed_dims', 'num_layers', 'num_heads'}
+        if not isinstance(arch, dict) or not required <= set(arch):
+            raise ValueError(f'A custom {self.family} arch must be a dict with '
+                             f'{sorted(required)}, got {arch!r}')
+        if arch.get('ffn_type', 'mlp') not in self.ffn_layers:
+            raise ValueError(f'{self.family} arch ffn_type must be one of '
+                             f'{sorted(self.ffn_layers)}, got {arch["ffn_type"]!r}')
+        return arch
+
+    def _ffn(self, arch: Dict) -> Callable[[int, int], nn.Module]:
+        """Makes each block's feed-forward network from ``(embed_dims, hidden_dims)``."""
+        return self.ffn_layers[arch.get('ffn_type', 'mlp')]
+
+    def _describe(self) -> str:
+        """The sizes a pretrained file has to fit, for messages."""
+        return f'embed_dims={self.embed_dims}, num_layers={self.num_layers}'
+
+    def _normalise_indices(self, indices: Union[int, Sequence[int]], name: str) -> Tuple[int, ...]:
+        indices = (indices, ) if isinstance(indices, int) else tuple(indices)
+        for index in indices:
+            if not -self.num_layers <= index < self.num_layers:
+                raise ValueError(f'{name} entry {index} is outside the {self.num_layers} '
+                                 f'blocks of this {self.family} (valid: {-self.num_layers}..'
+                                 f'{self.num_layers - 1})')
+        return tuple(index % self.num_layers for index in indices)
+
+    def _init_random(self) -> None:
+        """Random weights for tests and demos; layer scales start at 1, so that the
+        blocks of a random model are not close to the identity."""
+        self._init_tokens()
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        for block in self.blocks:
+            nn.init.ones_(block.ls1.gamma)
+            nn.init.ones_(block.ls2.gamma)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        """Tokens before the patch tokens: the class token and the register tokens."""
+        raise NotImplementedError
+
+    def _rope(self, h: int, w: int) -> Optional[Rope]:
+        """Rotary position embedding of an ``h`` x ``w`` grid for every block; None
+        when positions enter with the tokens."""
+        return None
+
+    def _add_lora(self, rank: int = 4, alpha: float = 4.0, dropout: float = 0.0,
+                  targets: Sequence[str] = ('q', 'v'),
+                  layers: Optional[Sequence[int]] = None) -> None:
+        unknown = sorted(set(targets) - set(self.lora_target_names))
+        if unknown or not targets:
+            raise ValueError(f'Unknown LoRA target(s) {unknown or list(targets)}; valid '
+                             f'targets are {list(self.lora_target_names)}')
+        C, mlp = self.embed_dims, self.blocks[0].mlp
+        rows = {'q': [('attn.qkv', (0, C))], 'k': [('attn.qkv', (C, 2 * C))],
+                'v': [('attn.qkv', (2 * C, 3 * C))], 'qkv': [('attn.qkv', (0, 3 * C))],
+                'proj': [('attn.proj', (0, C))],
+                'fc1': [(f'mlp.{name}', (0, getattr(mlp, name).out_features))
+                        for name in mlp.first_layers],
+                'fc2': [(f'mlp.{mlp.last_layer}', (0, C))]}
+        last = max(self.out_indices)
+        layers = range(last + 1) if layers is None else self._normalise_indices(
+            layers, 'lora layers')
+        unused = sorted(index for index in layers if index > last)
+        if unused:
+            raise ValueError(f'LoRA layers {unused} come after block {last}, the last of '
+                             f'out_indices {list(self.out_indices)}: those blocks do not run, '
+                             'so their adapters would never train; leave them out of '
+                             'lora.layers')
+        parts_by_module: Dict[str, Dict] = {}
+        for index in layers:
+            for target in targets:
+                for module, span in rows[target]:
+                    parts_by_module.setdefault(f'blocks.{index}.{module}', {})[target] = span
+        add_lora(self, parts_by_module, rank=rank, alpha=alpha, dropout=dropout)
+
+    def merge_lora(self) -> None:
+        """Fold the LoRA adapters into the frozen weights (inference at plain-ViT cost)."""
+        merge_lora(self)
+
+    def unmerge_lora(self) -> None:
+        """Undo :meth:`merge_lora`."""
+        unmerge_lora(self)
+
+    @torch.no_grad()
+    def official_state_dict(self) -> Dict[str, torch.Tensor]:
+        """Every weight under the official release's key names, LoRA adapters folded in:
+        a file that the official code and ``pretrained=`` load as they load a release."""
+        state = {name: tensor.detach() for name, tensor in
+                 chain(self.named_parameters(), self.named_buffers()) if '.lora_' not in name}
+        for name, layer in self.named_modules():
+            if isinstance(layer, LoRALinear):
+                weight = layer.unmerged_weight()
+                state[f'{name}.weight'] = weight + layer.delta_weight().to(weight.dtype)
+        return self._to_official(state)
+
+    def train(self, mode: bool = True) -> 'DINOViTBase':
+        """Keep frozen weights in eval mode; LoRA dropout follows ``mode``."""
+        return train_adapters_only(self, mode) if self.frozen else super().train(mode)
+
+    def _warn_padding(self, height: int, width: int) -> None:
+        if self._warned_padding:
+            return
+        self._warned_padding = True
+        p = self.patch_size
+        print_log(
+            f'{self.family}: a {height}x{width} input is not a multiple of the patch size {p}: '
+            f'it is padded to {-(-height // p) * p}x{-(-width // p) * p}, and a segmentor '
+            'resizes logits of the padded image onto the unpadded one (stretched predictions). '
+            f'Pad in the data preprocessor instead (size_divisor={p}, test_cfg=dict('
+            f'size_divisor={p})), which crops the padding off the predictions again',
+            logger='current', level=logging.WARNING)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        B, _, H, W = x.shape
+        p = self.patch_size
+        if H < p or W < p:
+            raise ValueError(f'{self.family} input of {H}x{W} pixels is smaller than one '
+                             f'{p}x{p} patch')
+        h, w = -(-H // p), -(-W // p)
+        if (h * p, w * p) != (H, W):
+            self._warn_padding(H, W)
+            x = F.pad(x, (0, w * p - W, 0, h * p - H))
+        # bfloat16 frozen weights compute in bfloat16; adapters stay float32 parameters.
+        with (torch.autocast(x.device.type, dtype=self.frozen_dtype)
+              if self.frozen_dtype is not None else nullcontext()):
+            x = self._prepare_tokens(self.patch_embed(x), h, w)
+            rope = self._rope(h, w)  # once for all blocks
+            features = {}
+            # Blocks after the last output cannot change the outputs and are not run.
+            checkpointed = self.with_cp and self.training and torch.is_grad_enabled()
+            for index, block in enumerate(self.blocks[:max(self.out_indices) + 1]):
+                if checkpointed:
+                    x = checkpoint(block, x, rope, use_reentrant=False,
+                                   context_fn=partial(create_selective_checkpoint_contexts,
+                                                      _keep_attention))
+                else:
+                    x = block(x, rope)
+                if index in self.out_indices:
+                    out = self.norm(x) if self.final_norm else x
+                    out = out[:, self.num_prefix_tokens:].transpose(1, 2).reshape(B, -1, h, w)
+                    features[index] = out.float() if self.frozen_dtype is not None else out
+        return tuple(features[index] for index in self.out_indices)

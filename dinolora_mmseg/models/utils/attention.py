@@ -1,0 +1,61 @@
+"""Self-attention of the DINO vision transformers (DINOv3's with rotary positions).
+
+Parameter names follow the official releases (``attn.qkv``, ``attn.proj``), so their
+checkpoints load without renaming.
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..lora import LoRALinear
+from .rope import Rope, apply_rope
+
+
+def linear_after_norm(linear: nn.Linear, x: torch.Tensor,
+                      norm: Optional[nn.Module]) -> torch.Tensor:
+    """``linear(norm(x))``, through :meth:`LoRALinear.forward_after_norm` for adapted
+    layers after a layer norm (which then keep one activation less for backward).
+
+    Args:
+        linear (nn.Linear): The projection, plain or :class:`LoRALinear`.
+        x (torch.Tensor): Tokens ``(..., in_features)``.
+        norm (nn.Module, optional): Applied to ``x`` first; ``None`` for none.
+    """
+    if norm is None:
+        return linear(x)
+    if isinstance(linear, LoRALinear) and isinstance(norm, nn.LayerNorm):
+        return linear.forward_after_norm(x, norm)
+    return linear(norm(x))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through ``F.scaled_dot_product_attention``.
+
+    ``forward(x, norm, rope)`` normalises ``x`` by ``norm`` first (see
+    :func:`linear_after_norm`) and, given ``rope``, rotates the queries and keys of the
+    patch tokens (the last ``h * w`` tokens) by their positions.
+
+    Args:
+        embed_dims (int): Token width.
+        num_heads (int): Number of heads; ``embed_dims`` must divide evenly.
+        qkv_bias (bool): Whether the fused query/key/value projection has a bias.
+    """
+
+    def __init__(self, embed_dims: int, num_heads: int, qkv_bias: bool = True):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(embed_dims, embed_dims * 3, bias=qkv_bias)
+        self.proj = nn.Linear(embed_dims, embed_dims)
+
+    def forward(self, x: torch.Tensor, norm: Optional[nn.Module] = None,
+                rope: Optional[Rope] = None) -> torch.Tensor:
+        B, N, C = x.shape
+        qkv = linear_after_norm(self.qkv, x, norm).reshape(B, N, 3, self.num_heads,
+                                                             C // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))

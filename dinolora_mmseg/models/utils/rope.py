@@ -1,0 +1,120 @@
+"""Rotary position embedding (RoPE) of DINOv3: axial, without learned weights.
+
+Each head's channels are split in two halves rotated against each other ("rotate
+half"); the first quarter of the frequencies encodes the row of a patch, the second
+its column. Patch centres are normalised to [-1, 1] before the rotation angles
+``2 * pi * coord / period`` are taken.
+"""
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+Rope = Tuple[torch.Tensor, torch.Tensor]  # (sin, cos), each (h * w, head_dims)
+
+
+def apply_rope(x: torch.Tensor, rope: Rope) -> torch.Tensor:
+    """Rotate the last ``h * w`` tokens of ``x`` (the patches) by their positions.
+
+    The rotation runs in the dtype of ``rope`` (float32), the result has ``x``'s dtype;
+    the tokens before the patches (class and register tokens) stay as they are.
+
+    Args:
+        x (torch.Tensor): Queries or keys, ``(B, heads, N, head_dims)``.
+        rope (Rope): ``(sin, cos)`` from :class:`RopePositionEmbedding`.
+    """
+    sin, cos = rope
+    num_prefix = x.shape[-2] - sin.shape[0]
+    patches = x[..., num_prefix:, :].to(sin.dtype)
+    first, second = patches.chunk(2, dim=-1)
+    rotated = patches * cos + torch.cat([-second, first], dim=-1) * sin
+    return torch.cat([x[..., :num_prefix, :], rotated.to(x.dtype)], dim=-2)
+
+
+class RopePositionEmbedding(nn.Module):
+    """sin/cos of the rotation angles for an ``h`` x ``w`` patch grid, in float32.
+
+    The periods are a persistent buffer (``rope_embed.periods``), as in the official
+    checkpoints, which hold them rounded to bfloat16: loading a checkpoint uses its
+    periods, exactly as the official model does.
+
+    Args:
+        embed_dims (int): Token width; ``4 * num_heads`` must divide it.
+        num_heads (int): Attention heads.
+        base (float, optional): Periods ``base ** (4 i / head_dims)``; leave None to use
+            ``min_period`` and ``max_period`` instead.
+        min_period (float, optional): Shortest period (with ``max_period``).
+        max_period (float, optional): Longest period, geometric spacing in between.
+        normalize_coords (str): ``'separate'`` divides rows by ``h`` and columns by
+            ``w``; ``'min'``/``'max'`` divide both by the shorter/longer side.
+        shift_coords (float, optional): Training only: shift all coordinates by one
+            uniform draw from ``[-shift, shift]`` per axis.
+        jitter_coords (float, optional): Training only: scale each axis by a log-uniform
+            draw from ``[1 / jitter, jitter]``.
+        rescale_coords (float, optional): Training only: scale both axes by one
+            log-uniform draw from ``[1 / rescale, rescale]``.
+    """
+
+    def __init__(self,
+                 embed_dims: int,
+                 num_heads: int,
+                 base: Optional[float] = 100.0,
+                 min_period: Optional[float] = None,
+                 max_period: Optional[float] = None,
+                 normalize_coords: str = 'separate',
+                 shift_coords: Optional[float] = None,
+                 jitter_coords: Optional[float] = None,
+                 rescale_coords: Optional[float] = None):
+        super().__init__()
+        if embed_dims % (4 * num_heads):
+            raise ValueError(f'RoPE needs head widths divisible by 4: embed_dims={embed_dims} '
+                             f'is not a multiple of 4 * num_heads = {4 * num_heads}')
+        if (base is None) == (min_period is None or max_period is None):
+            raise ValueError('RoPE takes either base or both min_period and max_period, got '
+                             f'base={base}, min_period={min_period}, max_period={max_period}')
+        if normalize_coords not in ('separate', 'min', 'max'):
+            raise ValueError(f"normalize_coords must be 'separate', 'min' or 'max', got "
+                             f'{normalize_coords!r}')
+        self.head_dims = embed_dims // num_heads
+        self.base, self.min_period, self.max_period = base, min_period, max_period
+        self.normalize_coords = normalize_coords
+        self.shift_coords = shift_coords
+        self.jitter_coords = jitter_coords
+        self.rescale_coords = rescale_coords
+        self.register_buffer('periods', self.default_periods())
+
+    def default_periods(self) -> torch.Tensor:
+        """The periods for ``base`` (or ``min_period``/``max_period``), in float32."""
+        quarter = self.head_dims // 4
+        if self.base is not None:
+            exponents = torch.arange(quarter, dtype=torch.float32) * 2 / (self.head_dims // 2)
+            return self.base**exponents
+        ratio = self.max_period / self.min_period
+        return ratio**torch.linspace(0, 1, quarter, dtype=torch.float32) / ratio * self.max_period
+
+    def _coords(self, h: int, w: int) -> torch.Tensor:
+        """Patch centres ``(h * w, 2)`` (row, column) in [-1, 1], augmented in training."""
+        dd = dict(device=self.periods.device, dtype=torch.float32)
+        if self.normalize_coords == 'separate':
+            rows, cols = torch.arange(0.5, h, **dd) / h, torch.arange(0.5, w, **dd) / w
+        else:
+            side = max(h, w) if self.normalize_coords == 'max' else min(h, w)
+            rows, cols = torch.arange(0.5, h, **dd) / side, torch.arange(0.5, w, **dd) / side
+        coords = torch.stack(torch.meshgrid(rows, cols, indexing='ij'), dim=-1).flatten(0, 1)
+        coords = 2.0 * coords - 1.0
+        if self.training and self.shift_coords is not None:
+            coords = coords + torch.empty(2, **dd).uniform_(-self.shift_coords, self.shift_coords)
+        if self.training and self.jitter_coords is not None:
+            log_jitter = math.log(self.jitter_coords)
+            coords = coords * torch.empty(2, **dd).uniform_(-log_jitter, log_jitter).exp()
+        if self.training and self.rescale_coords is not None:
+            log_rescale = math.log(self.rescale_coords)
+            coords = coords * torch.empty(1, **dd).uniform_(-log_rescale, log_rescale).exp()
+        return coords
+
+    def forward(self, h: int, w: int) -> Rope:
+        coords = self._coords(h, w)
+        angles = 2 * math.pi * coords[:, :, None] / self.periods.float()[None, None, :]
+        angles = angles.flatten(1, 2).tile(2)
+        return torch.sin(angles), torch.cos(angles)
