@@ -1,4 +1,5 @@
-"""tools/analysis_tools/visualize_pca.py on photos of ``skimage.data``, with tiny random DINOv2s."""
+"""tools/analysis_tools/visualize_pca.py on photos of ``skimage.data``, with random DINOv2s and
+DINOv3s."""
 import os.path as osp
 import sys
 
@@ -10,8 +11,8 @@ from mmseg.apis import init_model
 from skimage import data
 
 from dinolora_mmseg.models.lora import lora_layers
-from tests.helpers import (PYTHON, ROOT, load_tool, official_state_dict, run_tool,
-                           write_tiny_config)
+from tests.helpers import (PYTHON, ROOT, load_tool, official_dinov3_state_dict,
+                           official_state_dict, run_tool, write_tiny_config)
 
 PHOTOS = ('astronaut', 'chelsea', 'coffee', 'rocket')
 TINY = dict(embed_dims=64, num_layers=2, num_heads=2)
@@ -35,7 +36,9 @@ def photos(tmp_path_factory):
 @pytest.fixture(scope='module')
 def backbone():
     torch.manual_seed(0)
-    return tool.build_backbone(arch=TINY, num_register_tokens=0)
+    backbone, normalisation = tool.build_backbone(arch=TINY, num_register_tokens=0)
+    assert normalisation == tool.IMAGENET
+    return backbone
 
 
 @pytest.fixture(scope='module')
@@ -102,22 +105,30 @@ def test_first_pca_is_fit_over_all_images(photos, backbone, features):
     assert not np.allclose(maps[0], alone[0])
 
 
-def test_command_line_with_official_layout_file(photos, tmp_path):
-    """ViT-S/14-reg4 from a file in the official layout; the PNG is the function results."""
-    weights = tmp_path / 'dinov2_vits14_reg4_pretrain.pth'
-    torch.save(official_state_dict(384, 12, 4), weights)
+@pytest.mark.parametrize('family, state, size', [
+    ('dinov2', lambda: official_state_dict(384, 12, 4), 98),
+    ('dinov3', lambda: official_dinov3_state_dict(384, 12, 6), 96)])
+def test_command_line_with_official_layout_file(photos, tmp_path, family, state, size):
+    """ViT-S/14-reg4 or ViT-S/16 from a file in the official layout, at the --size rounded
+    to a multiple of its patch size; the PNG is the function results."""
+    weights = tmp_path / f'{family}_vits_pretrain.pth'
+    torch.save(state(), weights)
     out = tmp_path / 'sub' / 'pca.png'
-    output = run_tool(PYTHON, TOOL, *photos['paths'], '--out', out,
+    output = run_tool(PYTHON, TOOL, *photos['paths'], '--out', out, '--family', family,
                       '--arch', 'small', '--registers', 4, '--pretrained', weights,
                       '--size', 100, '--height', 60)
-    assert 'rounded to 98' in output and 'loaded pretrained weights' in output
+    assert f'rounded to {size}' in output
+    assert f'{family.replace("dinov", "DINOv")}: loaded pretrained weights' in output
     grid = mmcv.imread(str(out), channel_order='rgb')
     widths = [round(image.shape[1] * 60 / image.shape[0]) for image in photos['images']]
     assert grid.shape == (2 * 60, sum(widths), 3)
 
-    backbone = tool.build_backbone('small', 4, str(weights))
+    backbone, normalisation = tool.build_backbone(family, 'small', 4, str(weights))
+    assert type(backbone).__name__ == family.replace('dinov', 'DINOv')
     images = [tool.load_image(path) for path in photos['paths']]
-    maps, masks = tool.pca_maps(tool.extract_features(backbone, images, 98))
+    features = tool.extract_features(backbone, images, size, normalisation)
+    assert features[0].shape == (size // backbone.patch_size, ) * 2 + (384, )
+    maps, masks = tool.pca_maps(features)
     assert np.array_equal(grid, tool.make_grid(images, maps, 60))
     assert sum(m.sum() for m in masks) > 0
     # the PCA row is black exactly where the upsampled background is
@@ -130,20 +141,29 @@ def test_command_line_with_official_layout_file(photos, tmp_path):
         x += width
 
 
-def test_backbone_of_a_trained_model_keeps_lora(tmp_path):
-    """--config/--checkpoint: the trained backbone, adapters included and active."""
-    base = osp.join(ROOT, 'configs/demo/dinov2_lora_voc_demo.py')
-    config = write_tiny_config(tmp_path / 'tiny.py', base, **TINY)
+def trained_model(tmp_path, base):
+    """A tiny model of the config ``base`` with random non-zero adapters, saved as a
+    checkpoint; returns (config, checkpoint, model)."""
+    config = write_tiny_config(tmp_path / 'tiny.py', osp.join(ROOT, base), **TINY)
     model = init_model(str(config), device='cpu')
     for layer in lora_layers(model.backbone):
         for b in layer.lora_B.values():
             torch.nn.init.normal_(b)
     checkpoint = tmp_path / 'model.pth'
     torch.save(dict(state_dict=model.state_dict(), meta={}), checkpoint)
+    return config, checkpoint, model
 
-    backbone = tool.build_backbone(config=str(config), checkpoint=str(checkpoint))
+
+@pytest.mark.parametrize('base', ['configs/demo/dinov2_lora_voc_demo.py',
+                                  'configs/demo/dinov3_lora_voc_demo.py'])
+def test_backbone_of_a_trained_model_keeps_lora(tmp_path, base):
+    """--config/--checkpoint: the trained backbone, adapters included and active."""
+    config, checkpoint, model = trained_model(tmp_path, base)
+    backbone, normalisation = tool.build_backbone(config=str(config),
+                                                  checkpoint=str(checkpoint))
+    assert type(backbone) is type(model.backbone) and normalisation == tool.IMAGENET
     assert len(list(lora_layers(backbone))) == TINY['num_layers']
-    x = torch.randn(1, 3, 56, 56)
+    x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         trained = backbone(x)[0]
         assert torch.equal(trained, model.backbone(x)[-1])
@@ -151,6 +171,30 @@ def test_backbone_of_a_trained_model_keeps_lora(tmp_path):
             for b in layer.lora_B.values():
                 b.zero_()
         assert not torch.allclose(backbone(x)[0], trained, atol=1e-3)
+
+
+def test_backbone_of_a_config_gets_the_config_normalisation(photos, tmp_path):
+    """A DINOv3 config that feeds RGB / 255 (the original project's): its features are
+    those of the resized photo divided by 255, on the 16-pixel patch grid."""
+    config, checkpoint, model = trained_model(tmp_path, 'configs/dinov3_lora_voc_original_480.py')
+    backbone, normalisation = tool.build_backbone(config=str(config),
+                                                  checkpoint=str(checkpoint))
+    assert normalisation == ((0.0, 0.0, 0.0), (255.0, 255.0, 255.0), True)
+    image = photos['images'][1]
+    features, = tool.extract_features(backbone, [image], 96, normalisation)
+    x = torch.from_numpy(mmcv.imresize(image, (96, 96))).permute(2, 0, 1)[None] / 255
+    with torch.no_grad():
+        expected = model.backbone(x)[-1][0].permute(1, 2, 0).numpy()
+    assert features.shape == (6, 6, 64)
+    assert np.abs(features - expected).max() < 1e-5
+    imagenet, = tool.extract_features(backbone, [image], 96)
+    assert np.abs(imagenet - expected).max() > 0.1
+    # a model fed BGR (bgr_to_rgb=False) gets the channels in that order
+    bgr = tool.config_normalisation(dict(mean=[1, 2, 3], std=[4, 5, 6], bgr_to_rgb=False))
+    assert bgr == ((1, 2, 3), (4, 5, 6), False)
+    flipped, = tool.extract_features(backbone, [image[..., ::-1]], 96, bgr._replace(
+        mean=(0.0, ) * 3, std=(255.0, ) * 3))
+    assert np.abs(flipped - expected).max() < 1e-5
 
 
 def test_errors(photos, tmp_path, monkeypatch, capsys):
@@ -172,6 +216,11 @@ def test_errors(photos, tmp_path, monkeypatch, capsys):
             (['--out', out, '--checkpoint', 'k.pth'], '--config and --checkpoint go together'),
             (['--out', out, '--config', 'c.py', '--checkpoint', 'k.pth', '--arch', 'small'],
              'drop --arch'),
+            (['--out', out, '--config', 'c.py', '--checkpoint', 'k.pth', '--family', 'dinov3'],
+             'drop --family'),
+            (['--out', out, '--family', 'dinov3', '--arch', 'giant'],
+             '--arch giant is not a DINOv3 size; choose one of small, small_plus, base, large, '
+             'huge_plus, 7b'),
             (['--out', out, '--threshold', '2'], '--threshold must be in [0, 1], got 2.0'),
             (['--out', 'pca.jpg'], '--out must name a .png file, got pca.jpg')]:
         monkeypatch.setattr(sys, 'argv', ['visualize_pca.py', photos['paths'][0], *options])
