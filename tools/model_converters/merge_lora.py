@@ -7,10 +7,12 @@ OUT loads with the same config and ``lora=None`` and predicts what CKPT predicts
 
     python tools/test.py CONFIG OUT.pth --cfg-options model.backbone.lora=None
 
-``--backbone-only`` writes the merged DINOv2 alone in the official key layout
-(``dinov2_vit*14[_reg4]_pretrain.pth``; ``mask_token`` set to zeros), readable by
-anything that reads the official files, e.g. ``DINOv2(pretrained=OUT)``. A
-``.safetensors`` OUT carries a CRC-32 of its data in its metadata, checked where it loads.
+``--backbone-only`` writes the merged DINOv2 or DINOv3 alone in the official key layout
+(``dinov2_vit*14[_reg4]_pretrain.pth``, ``dinov3_vit*16*_pretrain_*.pth``; the tensors the
+official models use only in pretraining, such as ``mask_token``, set to neutral values),
+readable by anything that reads the official files, e.g. ``DINOv2(pretrained=OUT)``,
+``DINOv3(pretrained=OUT)`` or timm. A ``.safetensors`` OUT carries a CRC-32 of its data in
+its metadata, checked where it loads.
 """
 import argparse
 import os
@@ -21,7 +23,8 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
 from mmseg.registry import MODELS
 
-from dinolora_mmseg.models import DINOv2, merged_state_dict
+from dinolora_mmseg.models import merged_state_dict
+from dinolora_mmseg.models.backbones.dino_vit_base import DINOViTBase
 from dinolora_mmseg.models.lora import lora_layers
 from dinolora_mmseg.utils.atomic_write import atomic_output
 from dinolora_mmseg.utils.integrity import save_safetensors
@@ -34,34 +37,27 @@ def parse_args():
     parser.add_argument('out', help='output file')
     parser.add_argument('--format', choices=['pth', 'safetensors'], default='pth')
     parser.add_argument('--backbone-only', action='store_true',
-                        help='write only the DINOv2 backbone, in the official key layout')
+                        help='write only the DINOv2 or DINOv3 backbone, in the official key '
+                        'layout')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings of the config, key=value')
     return parser.parse_args()
 
 
-def merge_checkpoint(cfg: Config, checkpoint: str):
-    """Build the model of ``cfg``, load ``checkpoint`` and merge its adapters.
+def load_lora_model(cfg: Config, checkpoint: str):
+    """Build the model of ``cfg`` and load ``checkpoint`` into it.
 
     Returns:
-        tuple: (state dict without adapter tensors, the checkpoint's ``meta``)
+        tuple: (the model, the checkpoint's ``meta``)
     """
     init_default_scope(cfg.get('default_scope', 'mmseg'))
     model = MODELS.build(cfg.model)
     if next(lora_layers(model), None) is None:
         raise ValueError(f'{cfg.filename} builds a model without LoRA adapters: nothing to merge')
     loaded = load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
-    if isinstance(model.backbone, DINOv2):
+    if isinstance(model.backbone, DINOViTBase):
         model.backbone.pretrained = None  # keep the (now changed) frozen weights in
-    return merged_state_dict(model), loaded.get('meta', {})
-
-
-def official_layout(state):
-    """The backbone's tensors under the official DINOv2 key names."""
-    official = {k[len('backbone.'):]: v for k, v in state.items()
-                if k.startswith('backbone.') and not k.endswith('_extra_state')}
-    official['mask_token'] = torch.zeros(1, official['cls_token'].shape[-1])
-    return official
+    return model, loaded.get('meta', {})
 
 
 def main():
@@ -69,14 +65,16 @@ def main():
     cfg = Config.fromfile(args.config)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
-    state, meta = merge_checkpoint(cfg, args.checkpoint)
+    model, meta = load_lora_model(cfg, args.checkpoint)
     if args.backbone_only:
-        if cfg.model.backbone.type != 'DINOv2':
-            raise ValueError('--backbone-only writes the official DINOv2 layout; the backbone '
-                             f'of {args.config} is {cfg.model.backbone.type}')
-        obj, use = official_layout(state), 'official DINOv2 layout'
+        if not isinstance(model.backbone, DINOViTBase):
+            raise ValueError('--backbone-only writes the official DINOv2 or DINOv3 layout; the '
+                             f'backbone of {args.config} is {type(model.backbone).__name__}')
+        obj = model.backbone.official_state_dict()
+        use = f'official {model.backbone.family} layout'
     else:
         use = 'load it with the same config and model.backbone.lora=None'
+        state = merged_state_dict(model)
         obj = state if args.format == 'safetensors' else dict(
             state_dict=state, meta=dict(dataset_meta=meta.get('dataset_meta'),
                                         merged_from=os.path.abspath(args.checkpoint)))
