@@ -1,7 +1,13 @@
-"""The DINOv3 demo config on demo data: train -> test -> 2-process dist_test, on the CPU."""
+"""The DINOv3 demo config on demo data: train -> test -> 2-process dist_test, inference
+overlays and a robustness sweep, on the CPU."""
+import json
 import os.path as osp
 
+import mmcv
+import numpy as np
+import pytest
 import torch
+from mmseg.datasets import PascalVOCDataset
 
 from dinolora_mmseg.utils.fingerprint import decode_record
 from tests.helpers import (PYTHON, ROOT, free_port, logged_metrics, official_dinov3_state_dict,
@@ -11,17 +17,21 @@ from tests.helpers import (PYTHON, ROOT, free_port, logged_metrics, official_din
 TINY_ARCH = 'dict(_delete_=True, embed_dims=96, num_layers=2, num_heads=2)'
 
 
-def test_demo_config_trains_and_tests_alike(tmp_path):
-    run_tool(PYTHON, 'tools/make_demo_data.py', tmp_path / 'data', '--num-train', 8,
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    """The demo config with the tiny DINOv3, trained for 20 iterations on demo data."""
+    root = tmp_path_factory.mktemp('dinov3_demo')
+    run_tool(PYTHON, 'tools/misc/make_demo_data.py', root / 'data', '--num-train', 8,
              '--num-val', 4)
-    weights = tmp_path / 'dinov3_tiny_pretrain.pth'
+    weights = root / 'dinov3_tiny_pretrain.pth'
     torch.save(official_dinov3_state_dict(96, 2, 2), weights)
-    config = tmp_path / 'tiny_dinov3.py'
+    voc = root / 'data/VOCdevkit/VOC2012'
+    config = root / 'tiny_dinov3.py'
     loader = ('dict(batch_size={}, num_workers=0, persistent_workers=False, '
               'dataset=dict(data_root=data_root))')
     config.write_text('\n'.join([
         f"_base_ = '{osp.join(ROOT, 'configs/demo/dinov3_lora_voc_demo.py')}'",
-        f"data_root = '{tmp_path / 'data/VOCdevkit/VOC2012'}'",
+        f"data_root = '{voc}'",
         f'train_dataloader = {loader.format(4)}',
         f'val_dataloader = {loader.format(1)}',
         'test_dataloader = val_dataloader',
@@ -29,23 +39,64 @@ def test_demo_config_trains_and_tests_alike(tmp_path):
         'decode_head=dict(in_channels=96))',
         'train_cfg = dict(max_iters=20, val_interval=20)',
         'default_hooks = dict(checkpoint=dict(interval=20))']) + '\n')
-    train = run_tool(PYTHON, 'tools/train.py', config, '--work-dir', tmp_path / 'work')
-    assert 'DINOv3: loaded pretrained weights' in train
-    checkpoint = tmp_path / 'work' / 'iter_20.pth'
+    train = run_tool(PYTHON, 'tools/train.py', config, '--work-dir', root / 'work')
+    names = (voc / 'ImageSets/Segmentation/val.txt').read_text().split()
+    return dict(root=root, config=config, weights=weights, train=train,
+                checkpoint=root / 'work' / 'iter_20.pth',
+                images=[voc / 'JPEGImages' / f'{name}.jpg' for name in names])
+
+
+def test_demo_config_trains_and_tests_alike(trained):
+    root, config, checkpoint = trained['root'], trained['config'], trained['checkpoint']
+    assert 'DINOv3: loaded pretrained weights' in trained['train']
     state = torch.load(checkpoint, weights_only=True)['state_dict']
     # LoRA on q and v of both blocks and the head: the frozen weights (and the RoPE
     # periods) come from the pretrained file again, which the checkpoint names.
-    assert decode_record(state.pop('backbone._extra_state'))['pretrained'] == str(weights)
+    record = decode_record(state.pop('backbone._extra_state'))
+    assert record['pretrained'] == str(trained['weights'])
     assert {k for k in state if k.startswith('backbone.')} == {
         f'backbone.blocks.{i}.attn.qkv.lora_{m}.{t}' for i in range(2) for m in 'AB'
         for t in 'qv'}
     assert sum(v.numel() for v in state.values()) == 2 * 2 * 2 * 3 * 96 + 96 * 21 + 21
-    val = logged_metrics(train, 'val')
+    val = logged_metrics(trained['train'], 'val')
     single = logged_metrics(run_tool(PYTHON, 'tools/test.py', config, checkpoint,
-                                     '--work-dir', tmp_path / 'test1'), 'test')
+                                     '--work-dir', root / 'test1'), 'test')
     double = logged_metrics(
         run_tool('bash', 'tools/dist_test.sh', config, checkpoint, 2,
-                 '--work-dir', tmp_path / 'test2',
+                 '--work-dir', root / 'test2',
                  env=dict(PYTHON=PYTHON, PORT=str(free_port()))), 'test')
     assert single == double == val
     assert val['mIoU'] > 0
+
+
+def test_inference_overlays(trained):
+    out = trained['root'] / 'overlays'
+    output = run_tool(PYTHON, 'tools/misc/infer.py', *trained['images'], '--config',
+                      trained['config'], '--checkpoint', trained['checkpoint'], '--out', out,
+                      '--device', 'cpu')
+    assert f'{len(trained["images"])} overlays written' in output
+    palette = np.array(PascalVOCDataset.METAINFO['palette'])
+    for path in trained['images']:
+        image = mmcv.imread(str(path), channel_order='rgb').astype(int)
+        overlay = mmcv.imread(str(out / f'{path.stem}.png'), channel_order='rgb').astype(int)
+        assert overlay.shape == image.shape
+        # overlay = floor(0.5 * image + 0.5 * colour), the colour a palette colour
+        distance = np.abs((2 * overlay - image)[:, :, None] - palette).max(-1).min(-1)
+        assert (distance <= 1).mean() > 0.9
+
+
+def test_robustness_sweep(trained):
+    work = trained['root'] / 'robustness'
+    output = run_tool(PYTHON, 'tools/analysis_tools/test_robustness.py', trained['config'],
+                      trained['checkpoint'], '--work-dir', work, '--corruptions',
+                      'gaussian_noise', '--severities', 5)
+    results = json.loads((work / 'robustness.json').read_text())['results']
+    assert [(r['corruption'], r['severity']) for r in results] == [('clean', 0),
+                                                                 ('gaussian_noise', 5)]
+    # the clean run is tools/train.py's validation: same data, pipeline and metric
+    val = logged_metrics(trained['train'], 'val')
+    assert {m: results[0][m] for m in val} == val
+    assert f"[2/2] gaussian_noise severity 5: mIoU {results[1]['mIoU']:.2f}" in output
+    assert results[1]['aAcc'] != results[0]['aAcc']  # the noise reached the model
+    assert all((work / name).is_file() for name in ('robustness.csv', 'robustness.md',
+                                                    'robustness.png'))
