@@ -1,14 +1,17 @@
 """Other implementations of our workload that the benchmark compares against."""
-from typing import List, Optional, Sequence
+from inspect import signature
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from mmengine.config import Config
 from torch import nn
 
-from ..models.utils import Attention, Rope, apply_rope, linear_after_norm
+from ..models.backbones import DINOv2, DINOv3
+from ..models.utils import Attention, Rope, apply_rope, linear_after_norm, swiglu_hidden_dims
 
 REFERENCES = ('timm-peft', 'naive-attention', 'no-lora')
+BACKBONES = dict(DINOv2=DINOv2, DINOv3=DINOv3)
 TIMM_NAMES = dict(small='vit_small_patch14', base='vit_base_patch14',
                   large='vit_large_patch14', giant='vit_giant_patch14')
 
@@ -39,12 +42,12 @@ def check_reference(cfg: Config, reference: str, img_size: Sequence[int],
 
     Raises:
         ImportError: ``timm-peft`` without the ``timm`` or ``peft`` package.
-        ValueError: The backbone is not DINOv2, timm-peft or no-lora without LoRA, or
-            timm-peft with an image size that is not a multiple of the patch size.
+        ValueError: The backbone is not DINOv2 or DINOv3, timm-peft or no-lora without
+            LoRA, or timm-peft with an image size that is not a multiple of the patch size.
     """
     backbone = cfg.model.backbone
-    if backbone.type != 'DINOv2':
-        raise ValueError(f'--reference {reference} replaces a DINOv2 backbone; '
+    if backbone.type not in BACKBONES:
+        raise ValueError(f'--reference {reference} replaces a DINOv2 or DINOv3 backbone; '
                          f'{config_name} builds {backbone.type}')
     if reference == 'naive-attention':
         return ['naive-attention: our model with softmax(QK^T/sqrt(d))V materialised '
@@ -55,17 +58,24 @@ def check_reference(cfg: Config, reference: str, img_size: Sequence[int],
                          f'{config_name} has no model.backbone.lora')
     if reference == 'no-lora':
         return ['no-lora: our model without model.backbone.lora']
-    patch = backbone.get('patch_size', 14)
+    patch = backbone.get('patch_size',
+                         signature(BACKBONES[backbone.type]).parameters['patch_size'].default)
     if any(side % patch for side in img_size):
         raise ValueError(f'--reference timm-peft needs --img-size multiples of {patch} '
                          f'(timm does not pad), got {img_size}')
     import_timm_peft()
-    return ['timm-peft: peft cannot adapt the q/k/v thirds of the fused qkv separately; '
-            f'it adapts all of qkv with rank {lora.get("rank", 4)} (ours: '
-            f'{", ".join(lora.get("targets", ("q", "v")))})',
-            'timm-peft: timm builds its position embedding at the input size (no resizing '
-            'in the forward pass, fewer parameters); ours resizes the trained grid each '
-            'forward pass']
+    notes = ['timm-peft: peft cannot adapt the q/k/v thirds of the fused qkv separately; '
+             f'it adapts all of qkv with rank {lora.get("rank", 4)} (ours: '
+             f'{", ".join(lora.get("targets", ("q", "v")))})']
+    if backbone.type == 'DINOv2':
+        notes.append('timm-peft: timm builds its position embedding at the input size (no '
+                     'resizing in the forward pass, fewer parameters); ours resizes the '
+                     'trained grid each forward pass')
+    elif _dinov3_arch(backbone).get('qkv_bias', True):
+        notes.append('timm-peft: timm adds the qkv bias after the projection '
+                     '(qkv_bias_separate), one more pass over its output: fused into the '
+                     'projection, it would bypass the adapter peft puts on qkv')
+    return notes
 
 
 def import_timm_peft():
@@ -105,15 +115,15 @@ class TimmPeftSegmentor(nn.Module):
                              align_corners=False)
 
 
-def build_timm_peft(cfg: Config, img_size: Sequence[int]) -> TimmPeftSegmentor:
-    """timm's DINOv2 of the config's arch and registers, peft LoRA on ``qkv``, 1x1 head.
+def _dinov3_arch(backbone: Dict) -> Dict:
+    """The arch settings of a DINOv3 backbone config (a name of the zoo or a dict)."""
+    arch = backbone.get('arch', 'large')
+    return DINOv3.arch_zoo[arch] if isinstance(arch, str) else arch
 
-    Args:
-        cfg (Config): Config of our model (a DINOv2 backbone with ``lora``).
-        img_size (Sequence[int]): ``(H, W)`` timm builds its position embedding for.
-    """
-    timm, peft = import_timm_peft()
-    backbone = cfg.model.backbone
+
+def timm_dinov2(timm, backbone: Dict, img_size: Sequence[int]) -> nn.Module:
+    """timm's DINOv2 of a DINOv2 backbone config's arch and registers, its position
+    embedding built for ``img_size``."""
     arch, reg = backbone.get('arch', 'large'), backbone.get('num_register_tokens', 0)
     if isinstance(arch, str):
         name, sizes = TIMM_NAMES[arch], {}
@@ -121,8 +131,42 @@ def build_timm_peft(cfg: Config, img_size: Sequence[int]) -> TimmPeftSegmentor:
         name = 'vit_giant_patch14' if arch.get('ffn_type') == 'swiglu' else 'vit_small_patch14'
         sizes = dict(embed_dim=arch['embed_dims'], depth=arch['num_layers'],
                      num_heads=arch['num_heads'])
-    vit = timm.create_model(name + ('_reg4_dinov2' if reg else '_dinov2'), pretrained=False,
-                            num_classes=0, img_size=tuple(img_size), reg_tokens=reg, **sizes)
+    return timm.create_model(name + ('_reg4_dinov2' if reg else '_dinov2'), pretrained=False,
+                             num_classes=0, img_size=tuple(img_size), reg_tokens=reg, **sizes)
+
+
+def timm_dinov3(timm, backbone: Dict) -> nn.Module:
+    """timm's DINOv3 (``vit_*_patch16_dinov3[_qkvb]``) of a DINOv3 backbone config's arch
+    and storage tokens, the qkv bias added after the projection so that an adapter on
+    ``qkv`` takes part."""
+    arch = _dinov3_arch(backbone)
+    C, swiglu = arch['embed_dims'], arch.get('ffn_type', 'mlp') == 'swiglu'
+    hidden = int(C * arch.get('mlp_ratio', 4.0))
+    if swiglu:  # timm's SwiGLU takes the width as it is
+        hidden = swiglu_hidden_dims(hidden, arch.get('swiglu_align', 8))
+    qkv_bias = arch.get('qkv_bias', True)
+    name = 'vit_small_plus_patch16_dinov3' if swiglu else 'vit_small_patch16_dinov3'
+    vit = timm.create_model(name + ('_qkvb' if qkv_bias else ''), pretrained=False,
+                            num_classes=0, embed_dim=C, depth=arch['num_layers'],
+                            num_heads=arch['num_heads'], mlp_ratio=(hidden + 0.5) / C,
+                            num_reg_tokens=backbone.get('num_storage_tokens', 4))
+    if qkv_bias:  # else timm computes F.linear(x, qkv.weight, bias), passing qkv by
+        for block in vit.blocks:
+            block.attn.qkv_bias_separate = True
+    return vit
+
+
+def build_timm_peft(cfg: Config, img_size: Sequence[int]) -> TimmPeftSegmentor:
+    """timm's DINOv2 or DINOv3 of the config's backbone, peft LoRA on ``qkv``, 1x1 head.
+
+    Args:
+        cfg (Config): Config of our model (a DINOv2 or DINOv3 backbone with ``lora``).
+        img_size (Sequence[int]): ``(H, W)`` timm builds its DINOv2 position embedding for.
+    """
+    timm, peft = import_timm_peft()
+    backbone = cfg.model.backbone
+    vit = (timm_dinov2(timm, backbone, img_size) if backbone.type == 'DINOv2'
+           else timm_dinov3(timm, backbone))
     vit.set_grad_checkpointing(backbone.get('with_cp', False))
     lora = backbone.lora
     layers = lora.get('layers')

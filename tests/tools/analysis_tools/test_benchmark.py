@@ -95,6 +95,18 @@ def test_timm_peft_reference(benchmark, config, tmp_path):
     assert any('peft cannot adapt' in note for note in report['notes'])
 
 
+def test_timm_peft_reference_for_dinov3(benchmark, tmp_path):
+    """timm's DINOv3 with peft against the DINOv3 demo model at a multiple of 16 pixels."""
+    config = write_tiny_config(tmp_path / 'tiny_dinov3.py',
+                               osp.join(ROOT, 'configs/demo/dinov3_lora_voc_demo.py'))
+    report = run(benchmark, config, tmp_path, 'train', '--reference', 'timm-peft',
+                 size=(64, 64))
+    check_variant(report['ours'])
+    check_reference(report, 'timm-peft')
+    assert report['reference']['params_trainable'] == report['ours']['params_trainable']
+    assert any('qkv_bias_separate' in note for note in report['notes'])
+
+
 def test_clear_errors(benchmark, config, monkeypatch):
     common = [str(config), '--batch-size', '1', '--img-size', '50', '56']
     with pytest.raises(SystemExit):
