@@ -1,113 +1,20 @@
 """Importing the original project's .pt files, built here in exactly their format."""
-import contextlib
 import re
-import sys
 
 import cv2
 import numpy as np
 import pytest
 import skimage.data
 import torch
-import torch.nn.functional as F
 from mmengine.config import Config
 from mmseg.apis import inference_model, init_model
 from mmseg.datasets import ADE20KDataset, PascalVOCDataset
 from PIL import Image
-from torch import nn
 
 from tests.helpers import (PYTHON, ROOT, load_tool, logged_metrics, official_state_dict,
                            run_tool)
-
-TOOL = 'tools/model_converters/dinov2_finetune2mmseg.py'
-IMPORTER = load_tool('model_converters/dinov2_finetune2mmseg')
-
-
-@contextlib.contextmanager
-def storages_tagged_cuda():
-    """Make ``torch.save`` record CPU tensors as living on ``cuda:0``, as the original
-    files do (they were saved from a GPU); loading them then needs ``map_location``."""
-    entry = (0, lambda storage: 'cuda:0' if storage.device.type == 'cpu' else None,
-             lambda obj, location: None)
-    torch.serialization._package_registry.insert(0, entry)
-    try:
-        yield
-    finally:
-        torch.serialization._package_registry.remove(entry)
-
-
-def original_file(path, dim=384, depth=12, rank=3, classes=21, seed=0, extra=None):
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for i in range(2 * depth):
-        state[f'w_a_{i:03d}'] = nn.Parameter(torch.randn(rank, dim, generator=g) * 0.1)
-        state[f'w_b_{i:03d}'] = nn.Parameter(torch.randn(dim, rank, generator=g) * 0.1)
-    state['classifier.weight'] = nn.Parameter(torch.randn(classes, dim, 1, 1, generator=g))
-    state['classifier.bias'] = nn.Parameter(torch.randn(classes, generator=g))
-    state.update(extra or {})
-    with storages_tagged_cuda():
-        torch.save(state, path)
-    return {k: v.detach() for k, v in state.items()}
-
-
-class OriginalLoRAQKV(nn.Module):
-    """The qkv projection as the original project's LoRA wraps it: the frozen output plus
-    B(A(x)) added to its query and value thirds."""
-
-    def __init__(self, qkv, a_q, b_q, a_v, b_v):
-        super().__init__()
-        self.qkv, self.a_q, self.b_q, self.a_v, self.b_v = qkv, a_q, b_q, a_v, b_v
-
-    def forward(self, x):
-        qkv = self.qkv(x)
-        dim = x.shape[-1]
-        qkv[..., :dim] += F.linear(F.linear(x, self.a_q), self.b_q)
-        qkv[..., -dim:] += F.linear(F.linear(x, self.a_v), self.b_v)
-        return qkv
-
-
-def original_logits(image_file, backbone_state, seed_state):
-    """The original model on an image file, written out from its code: OpenCV read, RGB,
-    cv2 bilinear resize to 490 x 490, / 255; DINOv2-reg4 (timm) with the q/v LoRA,
-    final-normed patch tokens, 1x1 convolution, bilinear upsampling to 490 x 490. Those
-    logits are then resized bilinearly to the image's size, where MMSeg predicts.
-
-    Returns:
-        torch.Tensor: (classes, H, W) logits at the image's size.
-    """
-    timm = pytest.importorskip('timm')
-    from timm.models.vision_transformer import checkpoint_filter_fn
-    image = cv2.cvtColor(cv2.imread(str(image_file)), cv2.COLOR_BGR2RGB)
-    resized = cv2.resize(image, (490, 490), interpolation=cv2.INTER_LINEAR)
-    x = torch.from_numpy(np.moveaxis(resized, -1, 0) / 255).float()[None]
-    model = timm.create_model('vit_small_patch14_reg4_dinov2', pretrained=False,
-                              num_classes=0, img_size=490)
-    model.load_state_dict(checkpoint_filter_fn(backbone_state, model))
-    if 'w_a_000' in seed_state:
-        for i, block in enumerate(model.blocks):
-            block.attn.qkv = OriginalLoRAQKV(
-                block.attn.qkv, *(seed_state[f'w_{ab}_{2 * i + part:03d}']
-                                  for part in (0, 1) for ab in 'ab'))
-    with torch.no_grad():
-        tokens = model.eval().forward_features(x)[:, model.num_prefix_tokens:]
-        patches = tokens.reshape(1, 35, 35, -1).permute(0, 3, 1, 2)
-        logits = F.conv2d(patches, seed_state['classifier.weight'], seed_state['classifier.bias'])
-        logits = F.interpolate(logits, size=(490, 490), mode='bilinear', align_corners=False)
-        return F.interpolate(logits, size=image.shape[:2], mode='bilinear',
-                             align_corners=False)[0]
-
-
-def import_weights(monkeypatch, capsys, *args):
-    """Run the importer with ``ARGS`` in this process; return what it printed."""
-    monkeypatch.setattr(sys, 'argv', ['dinov2_finetune2mmseg.py', *map(str, args)])
-    IMPORTER.main()
-    return capsys.readouterr().out
-
-
-def decided(logits, margin=1e-3):
-    """Pixels whose best class leads the second by more than ``margin`` (no near-ties)."""
-    top2 = logits.topk(2, dim=0).values
-    return top2[0] - top2[1] > margin
-
+from tests.tools.model_converters.original_project import (TOOL, decided, import_weights,
+                                                           original_file, original_logits)
 
 def test_plain_load_needs_cuda_but_the_tool_does_not(tmp_path):
     original_file(tmp_path / 'large_voc_lora.pt', dim=1024, depth=24)
@@ -216,16 +123,22 @@ def test_imported_ade20k_linear_model_predicts_what_the_original_predicts(
 
 
 def test_backbone_is_an_explicit_assumption(tmp_path, monkeypatch, capsys):
+    """Without --backbone: DINOv3 where the file's name or folder says so, else DINOv2;
+    either way said aloud."""
     src = tmp_path / 'output' / 'dinov3' / 'large_voc_lora.pt'
     src.parent.mkdir(parents=True)
     original_file(src, dim=1024, depth=24)
-    for options, message in [([], 'its name or folder names DINOv3'),
-                             (['--backbone', 'dinov3'], 'DINOv3 files are not supported yet')]:
-        with pytest.raises(SystemExit, match=re.escape(str(src)) + '.*' + message):
-            import_weights(monkeypatch, capsys, src, tmp_path / 'out.pth', *options)
-        assert not (tmp_path / 'out.pth').exists() and not (tmp_path / 'out.py').exists()
+    output = import_weights(monkeypatch, capsys, src, tmp_path / 'out.pth')
+    assert 'Assuming a DINOv3 file: dinov3/large_voc_lora.pt says so' in output
+    assert Config.fromfile(tmp_path / 'out.py').model.backbone.type == 'DINOv3'
     output = import_weights(monkeypatch, capsys, src, tmp_path / 'out.pth', '--backbone', 'dinov2')
-    assert 'Assuming' not in output and (tmp_path / 'out.py').exists()
+    assert 'Assuming' not in output
+    assert Config.fromfile(tmp_path / 'out.py').model.backbone.type == 'DINOv2'
+    plain = tmp_path / 'large_voc_lora.pt'
+    plain.write_bytes(src.read_bytes())
+    output = import_weights(monkeypatch, capsys, plain, tmp_path / 'out.pth')
+    assert 'Assuming a DINOv2 file' in output
+    assert Config.fromfile(tmp_path / 'out.py').model.backbone.type == 'DINOv2'
 
 
 @pytest.mark.parametrize('extra, message', [
