@@ -31,9 +31,12 @@ def storages_tagged_cuda():
 
 
 def original_file(path, dim=384, depth=12, rank=3, classes=21, seed=0, extra=None):
+    """Write a file of the original project's format (random tensors) at ``path``: LoRA
+    factors of ``rank`` for ``depth`` blocks (none when ``rank`` is None) and the 1x1-conv
+    classifier; returns its tensors."""
     g = torch.Generator().manual_seed(seed)
     state = {}
-    for i in range(2 * depth):
+    for i in range(2 * depth if rank else 0):
         state[f'w_a_{i:03d}'] = nn.Parameter(torch.randn(rank, dim, generator=g) * 0.1)
         state[f'w_b_{i:03d}'] = nn.Parameter(torch.randn(dim, rank, generator=g) * 0.1)
     state['classifier.weight'] = nn.Parameter(torch.randn(classes, dim, 1, 1, generator=g))

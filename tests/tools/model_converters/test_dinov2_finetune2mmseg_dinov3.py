@@ -57,10 +57,8 @@ def test_imported_dinov3_ade20k_linear_model_predicts_what_the_original_predicts
     pretrained = tmp_path / 'vits16.pth'
     backbone_state = official_dinov3_state_dict(384, 12, 6, seed=1)
     torch.save(backbone_state, pretrained)
-    g = torch.Generator().manual_seed(1)
-    seed_state = {'classifier.weight': torch.randn(150, 384, 1, 1, generator=g),
-                  'classifier.bias': torch.randn(150, generator=g)}
-    torch.save(seed_state, tmp_path / 'small_ade20k_no_lora.pt')
+    seed_state = original_file(tmp_path / 'small_ade20k_no_lora.pt', rank=None, classes=150,
+                               seed=1)
     output = import_weights(monkeypatch, capsys, tmp_path / 'small_ade20k_no_lora.pt',
                             tmp_path / 'imported.pth', '--pretrained', pretrained,
                             '--backbone', 'dinov3')
