@@ -146,11 +146,12 @@ def timm_dinov3(timm, backbone: Dict) -> nn.Module:
         hidden = swiglu_hidden_dims(hidden, arch.get('swiglu_align', 8))
     qkv_bias = arch.get('qkv_bias', True)
     name = 'vit_small_plus_patch16_dinov3' if swiglu else 'vit_small_patch16_dinov3'
+    # timm's hidden width is int(embed_dim * mlp_ratio): half a unit above ours gives ours
     vit = timm.create_model(name + ('_qkvb' if qkv_bias else ''), pretrained=False,
                             num_classes=0, embed_dim=C, depth=arch['num_layers'],
                             num_heads=arch['num_heads'], mlp_ratio=(hidden + 0.5) / C,
                             num_reg_tokens=backbone.get('num_storage_tokens', 4))
-    if qkv_bias:  # else timm computes F.linear(x, qkv.weight, bias), passing qkv by
+    if qkv_bias:  # else timm computes F.linear(x, qkv.weight, bias), bypassing qkv's forward
         for block in vit.blocks:
             block.attn.qkv_bias_separate = True
     return vit
