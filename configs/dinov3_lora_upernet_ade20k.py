@@ -22,6 +22,7 @@ model = dict(
               norm_cfg=norm_cfg),
     decode_head=dict(in_channels=[256, 256, 256, 256]),
     auxiliary_head=dict(in_channels=256))
+default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
 custom_hooks = [
     dict(type='TrainableParamsHook'),
     dict(type='WeightsOnlyCheckpointHook'),
