@@ -15,6 +15,7 @@ from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from mmseg.models.utils import Upsample
 
 from ..models.backbones.dinov2 import DINOv2
 from .segmentor_graph import SegmentorGraph, fix_position_tables
@@ -43,6 +44,14 @@ def check_dynamic_support(graph: SegmentorGraph) -> None:
     Raises:
         ValueError: Names the operator and what to do instead.
     """
+    upsamples = [name for name, m in graph.named_modules()
+                 if isinstance(m, Upsample) and m.size is None]
+    if upsamples:
+        raise ValueError(
+            f'--dynamic is not supported for this model: {upsamples[0]} (mmseg Upsample, as in '
+            "FPNHead's scale heads) computes its output size as int(side * scale_factor), "
+            'which the ONNX exporter fixes at the size traced at export. Export at a fixed '
+            '--shape (one file per input size)')
     backbone = graph.segmentor.backbone
     if isinstance(backbone, DINOv2) and backbone.interpolate_offset:
         raise ValueError(
