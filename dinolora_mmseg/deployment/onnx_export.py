@@ -23,16 +23,19 @@ from .segmentor_graph import SegmentorGraph, fix_position_tables
 INPUT_NAME, OUTPUT_NAME = 'image', 'logits'
 
 
-def onnxruntime_session(path: str, threads: Optional[int] = None):
+def onnxruntime_session(path: str, threads: Optional[int] = None, arena: bool = True):
     """An onnxruntime CPU session of ``path`` with every graph optimisation.
 
     Args:
         path (str): The ``.onnx`` file.
         threads (int, optional): Intra-op threads; default onnxruntime's choice.
+        arena (bool): onnxruntime's CPU memory arena, which keeps the memory of a run
+            for the next; without it memory is freed after each run.
     """
     import onnxruntime
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.enable_cpu_mem_arena = arena
     if threads:
         options.intra_op_num_threads = threads
     return onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])

@@ -34,7 +34,7 @@ class ONNXRuntimeSegmentor(BaseSegmentor):
     def __init__(self, onnx_file: str, data_preprocessor: Optional[dict] = None,
                  threads: Optional[int] = None, init_cfg: Optional[dict] = None):
         super().__init__(data_preprocessor=data_preprocessor or dict(
-            type='SegDataPreProcessor', bgr_to_rgb=True), init_cfg=init_cfg)
+            type='mmseg.SegDataPreProcessor', bgr_to_rgb=True), init_cfg=init_cfg)
         if getattr(self.data_preprocessor, '_enable_normalize', False):
             raise ValueError(f'{onnx_file} normalises its input itself: the data preprocessor of '
                              'ONNXRuntimeSegmentor must not (leave out mean and std)')
