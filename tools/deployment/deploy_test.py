@@ -26,8 +26,6 @@ def parse_args(argv=None):
     parser.add_argument('--threads', type=int, help='onnxruntime intra-op threads')
     add_common_args(parser)
     args = parser.parse_args(argv)
-    if not osp.isfile(args.model):
-        parser.error(f'{args.model} does not exist')
     if args.launcher != 'none':
         parser.error('deploy_test.py runs in one process (--launcher none)')
     return args
@@ -35,6 +33,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if not osp.isfile(args.model):
+        raise FileNotFoundError(f'ONNX model not found: {args.model}')
     cfg = load_config(args)
     # The file normalises itself: its preprocessor only makes RGB float images.
     cfg.model = dict(type='ONNXRuntimeSegmentor', onnx_file=args.model, threads=args.threads,

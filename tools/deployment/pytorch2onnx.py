@@ -53,8 +53,6 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.shape and min(args.shape) < 1:
         parser.error(f'--shape must be positive, got {args.shape}')
-    if args.check_image and not osp.isfile(args.check_image):
-        parser.error(f'--check-image {args.check_image} does not exist')
     return args
 
 
@@ -82,6 +80,8 @@ def export_shape(cfg: Config, shape, divisor: int):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.check_image and not osp.isfile(args.check_image):
+        raise FileNotFoundError(f'--check-image {args.check_image} does not exist')
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
