@@ -74,7 +74,8 @@ def export_onnx(graph: SegmentorGraph, example: torch.Tensor, dynamic: bool, siz
 
     Args:
         graph (SegmentorGraph): The model to export.
-        example (torch.Tensor): ``(B, 3, H, W)`` input at the export size.
+        example (torch.Tensor): ``(B, 3, H, W)`` input at the export size (the batch size
+            of the file is free whatever ``B`` is).
         dynamic (bool): Free ``H`` and ``W`` (multiples of ``size_divisor``).
         size_divisor (int): What the input sides must be multiples of when ``dynamic``.
 
@@ -83,6 +84,8 @@ def export_onnx(graph: SegmentorGraph, example: torch.Tensor, dynamic: bool, siz
             (:func:`check_dynamic_support`), or the exporter could not keep the size
             symbolic (the message has the exporter's reason).
     """
+    if example.shape[0] == 1:  # torch.export fixes dimensions of size 1
+        example = example.expand(2, -1, -1, -1)
     batch = torch.export.Dim('batch', min=1, max=1024)
     shapes = {0: batch}
     if dynamic:

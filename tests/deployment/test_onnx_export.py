@@ -83,13 +83,12 @@ def test_fixed_size_export_equals_pytorch_with_lora_folded(exported):
     expected = mmseg_logits(exported['model'], images)
     graph = segmentor_graph(deploy)
     path = exported['folder'] / 'fixed.onnx'
-    export_onnx(graph, images, dynamic=False, size_divisor=14).save(str(path))
+    export_onnx(graph, images[:1], dynamic=False, size_divisor=14).save(str(path))
     session = onnxruntime_session(str(path))
     assert session.get_inputs()[0].shape[1:] == [3, *fixed_size(name)]
+    # Exported from one image, it runs on two: the batch size is free.
     assert max_logit_difference(session, graph, images, expected) <= 1e-4
     assert expected.abs().max() > 1  # the tolerance is small against the logits
-    # One image of the batch at a time: the batch size is free.
-    assert max_logit_difference(session, graph, images[1:], expected[1:]) <= 1e-4
 
     # The file holds the merged weights once: no adapter tensors, nothing else of size.
     weights = onnx.load(str(path)).graph.initializer
