@@ -2,9 +2,11 @@
 import argparse
 import os
 
+from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
 from dinolora_mmseg.datasets import leaf_configs
+from dinolora_mmseg.deployment import compile_segmentor
 from dinolora_mmseg.engine.data_checks import check_dataloaders
 from dinolora_mmseg.engine.launch import add_common_args, load_config, prepare_launch
 
@@ -19,6 +21,8 @@ def parse_args():
                         'image)')
     parser.add_argument('--wait-time', type=float, default=2, help='display interval (s)')
     parser.add_argument('--tta', action='store_true', help='test time augmentation')
+    parser.add_argument('--compile', action='store_true',
+                        help='run the model through torch.compile (inductor, weights frozen)')
     add_common_args(parser)
     return parser.parse_args()
 
@@ -60,6 +64,9 @@ def main():
     prepare_launch(cfg, args.launcher)
     runner = Runner.from_cfg(cfg)
     runner.load_checkpoint(args.checkpoint, map_location='cpu', strict=True)
+    if args.compile:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        compile_segmentor(model.module if args.tta else model)
     runner.test()
 
 

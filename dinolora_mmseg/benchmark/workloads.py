@@ -1,7 +1,11 @@
-"""The step the benchmark times: one training step or inference on random inputs."""
+"""The step the benchmark times: one training step or inference on random inputs, by
+PyTorch eagerly, compiled, or exported to onnxruntime."""
 import copy
+import os.path as osp
+import tempfile
+import time
 from contextlib import nullcontext
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -11,21 +15,56 @@ from mmengine.registry import init_default_scope
 from mmengine.structures import PixelData
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
+from torch import nn
 
+from ..deployment import (INPUT_NAME, OUTPUT_NAME, compile_segmentor, export_onnx,
+                          onnxruntime_session, segmentor_graph, strip_lora)
 from ..models.lora import lora_layers, merge_lora
+from .measure import count_flops, synchronize
 from .references import build_timm_peft
+
+BACKENDS = ('pytorch', 'compile', 'onnxruntime')
 
 
 class Workload(NamedTuple):
-    """A step to time and the parameter counts of the model it runs."""
+    """A step to time, the parameter counts of the model it runs, the FLOPs of its eager
+    PyTorch step (None if not counted) and the seconds the backend took to prepare it
+    (compilation or export, and the first step; None for eager PyTorch)."""
     step: Callable[[], None]
     params_total: int
     params_trainable: int
+    flops_per_step: Optional[int]
+    setup_s: Optional[float]
+
+
+def onnxruntime_step(model: nn.Module, inputs: torch.Tensor,
+                     arena: bool = True) -> Tuple[Callable[[], None], float]:
+    """A step that runs ``model`` exported to ONNX (LoRA folded, position tables fixed)
+    on RGB images of ``inputs``' shape in onnxruntime, with as many threads as torch
+    (and its memory arena if ``arena``); and the seconds the export, the session and
+    the first step took."""
+    start = time.perf_counter()
+    strip_lora(model)
+    graph = segmentor_graph(model.eval())
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(inputs.shape, generator=generator) * 255
+    with tempfile.TemporaryDirectory() as tmp:
+        path = osp.join(tmp, 'model.onnx')
+        export_onnx(graph, images, dynamic=False, size_divisor=1).save(path)
+        session = onnxruntime_session(path, torch.get_num_threads(), arena)
+    feed = {INPUT_NAME: images.numpy()}
+
+    def step():
+        session.run([OUTPUT_NAME], feed)
+
+    step()
+    return step, time.perf_counter() - start
 
 
 def build_workload(cfg: Config, variant: str, mode: str, batch_size: int,
                    img_size: Sequence[int], device: torch.device, amp: bool = False,
-                   merge: bool = False) -> Workload:
+                   merge: bool = False, backend: str = 'pytorch',
+                   count: bool = False, onnxruntime_arena: bool = True) -> Workload:
     """One training step or inference of ``variant`` on random inputs, as a callable.
 
     Args:
@@ -41,6 +80,13 @@ def build_workload(cfg: Config, variant: str, mode: str, batch_size: int,
         device (torch.device): Where to run.
         amp (bool): bfloat16 autocast of the forward pass and loss.
         merge (bool): Fold the LoRA adapters into the weights first.
+        backend (str): One of :data:`BACKENDS` (``'infer'`` mode for the others):
+            eager ``'pytorch'``, ``'compile'`` (:func:`~..deployment.compile_segmentor`,
+            weights frozen) or ``'onnxruntime'`` (the ONNX export of the model, LoRA
+            folded in, normalisation in the graph, run on the CPU).
+        count (bool): Count the FLOPs of the eager PyTorch step.
+        onnxruntime_arena (bool): Keep onnxruntime's memory arena (its default). Without
+            it the memory of a step is freed after it, so that the RSS follows it.
     """
     H, W = img_size
     if variant == 'timm-peft':
@@ -99,4 +145,14 @@ def build_workload(cfg: Config, variant: str, mode: str, batch_size: int,
             with autocast():
                 value = loss()
             optim_wrapper.update_params(value)
-    return Workload(step, params_total, params_trainable)
+    flops = count_flops(step) if count else None
+    setup_s = None
+    if backend == 'compile':
+        start = time.perf_counter()
+        compile_segmentor(model)
+        step()
+        synchronize(device)
+        setup_s = time.perf_counter() - start
+    elif backend == 'onnxruntime':
+        step, setup_s = onnxruntime_step(model, inputs, onnxruntime_arena)
+    return Workload(step, params_total, params_trainable, flops, setup_s)

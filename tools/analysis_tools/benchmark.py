@@ -2,7 +2,7 @@
 
     python tools/analysis_tools/benchmark.py CONFIG --mode {train,infer} --batch-size B \
         --img-size H W [--amp] [--with-cp] [--merge-lora] [--iters N] [--warmup N] [--rounds R] \
-        [--memory-steps N] \
+        [--memory-steps N] [--backend {pytorch,compile,onnxruntime} ...] \
         [--reference {timm-peft,naive-attention,no-lora}] [--json OUT] [--cfg-options ...]
 
 The model of CONFIG (random backbone weights when its ``pretrained`` file is not
@@ -21,19 +21,29 @@ attention; backward included) and their share of this machine's matrix-multiply 
 measured in the same run (the fastest of the products timed before and after
 the measurements).
 
-``--reference`` measures another implementation of the same workload, alternating
-with ours in each of ``--rounds`` rounds (ours, reference, ours, reference, ...):
+``--backend`` runs our inference eagerly (``pytorch``, the default), through
+``torch.compile`` with inductor's weight freezing (``compile``), or exported to ONNX and
+run by onnxruntime on the CPU (``onnxruntime``: LoRA folded in, normalisation in the
+graph); several backends are measured alternating in each round, and ``setup_s`` is
+the time of the compilation or export (with the first step). FLOPs are those of the
+eager step for every backend. onnxruntime's memory arena, which keeps the memory of a
+step for the next, is off where its peak memory is measured.
+
+``--reference`` measures another implementation of the same workload (eagerly),
+alternating with ours in each of ``--rounds`` rounds (ours, reference, ours, reference, ...):
 ``timm-peft`` is timm's DINOv2 or DINOv3 with HF peft LoRA on the fused ``qkv`` and a
 1x1-conv head; ``naive-attention`` is our model with attention as the materialised
 softmax(QK^T / sqrt(d)) V; ``no-lora`` is our model without its LoRA adapters (the
-plain backbone that ``--merge-lora`` inference should cost the same as). Ratios are
-reference / ours: of the medians over all rounds, and (``time_ratio_paired``) the
-median of each round's own time ratio.
+plain backbone that ``--merge-lora`` inference should cost the same as).
+
+``time_ratios`` has ``'A/B'`` (time of A over time of B; above 1, B is faster) for the
+first backend and the reference against every other variant: of the medians over all
+rounds (``pooled``) and the median of each round's own ratio (``paired``).
+``time_ratio``, ``time_ratio_paired`` and ``memory_ratio`` are reference / first backend.
 """
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,13 +52,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from mmengine.config import Config, DictAction
 
-from dinolora_mmseg.benchmark.measure import (MEMORY_CHILD_ENV, count_flops, cpu_model,
-                                              matmul_rate, proc_status_bytes, reset_peak_rss,
-                                              synchronize, time_steps, trim_freed_memory)
+from dinolora_mmseg.benchmark.measure import (MEMORY_CHILD_ENV, cpu_model, matmul_rate,
+                                              proc_status_bytes, reset_peak_rss, synchronize,
+                                              time_steps, trim_freed_memory)
 from dinolora_mmseg.benchmark.references import (REFERENCES, check_reference,
                                                  naive_attention_forward)
-from dinolora_mmseg.benchmark.report import print_report, summarise
-from dinolora_mmseg.benchmark.workloads import build_workload
+from dinolora_mmseg.benchmark.report import print_report, summarise, time_ratios
+from dinolora_mmseg.benchmark.workloads import BACKENDS, build_workload
 from dinolora_mmseg.models.utils import Attention
 from dinolora_mmseg.utils.weights import hub_cache_path, is_url
 
@@ -70,6 +80,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='steps that measure peak memory on the CPU, after the warm-up')
     parser.add_argument('--rounds', type=int, default=2,
                         help='measurement rounds, each a fresh process per variant')
+    parser.add_argument('--backend', nargs='+', choices=BACKENDS, default=['pytorch'],
+                        help='how to run our model (infer only for compile and onnxruntime); '
+                        'several are measured side by side')
     parser.add_argument('--reference', choices=REFERENCES,
                         help='also measure this implementation of the same workload')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
@@ -80,7 +93,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings of the config, key=value')
     # Internal: run one measurement in this (child) process and write it to a file.
-    parser.add_argument('--worker', choices=('ours', ) + REFERENCES, help=argparse.SUPPRESS)
+    parser.add_argument('--worker', choices=BACKENDS + REFERENCES, help=argparse.SUPPRESS)
     parser.add_argument('--worker-out', help=argparse.SUPPRESS)
     parser.add_argument('--worker-flops', action='store_true', help=argparse.SUPPRESS)
     parser.add_argument('--worker-memory', action='store_true', help=argparse.SUPPRESS)
@@ -96,6 +109,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error(f'--warmup must not be negative, got {args.warmup}')
     if args.merge_lora and args.mode != 'infer':
         parser.error('--merge-lora applies to --mode infer only')
+    if len(set(args.backend)) != len(args.backend):
+        parser.error(f'--backend names a backend twice: {args.backend}')
+    others = [b for b in args.backend if b != 'pytorch']
+    if others and args.mode != 'infer':
+        parser.error(f'--backend {others[0]} applies to --mode infer only')
+    if 'onnxruntime' in args.backend and (args.amp or args.device != 'cpu'):
+        parser.error('--backend onnxruntime runs in float32 on the CPU: no --amp, --device cpu')
     return args
 
 
@@ -131,8 +151,11 @@ def run_worker(args: argparse.Namespace) -> Dict:
         Attention.forward = naive_attention_forward
     cfg, _ = load_config(args)
     device = torch.device(args.device)
-    workload = build_workload(cfg, args.worker, args.mode, args.batch_size, args.img_size,
-                              device, args.amp, args.merge_lora)
+    ours = args.worker in BACKENDS
+    workload = build_workload(cfg, 'ours' if ours else args.worker, args.mode, args.batch_size,
+                              args.img_size, device, args.amp, args.merge_lora,
+                              args.worker if ours else 'pytorch', args.worker_flops,
+                              onnxruntime_arena=not args.worker_memory)
     if args.worker_memory:
         # One step at least: the optimizer state it creates is not the step's memory.
         for _ in range(max(args.warmup, 1)):
@@ -145,7 +168,7 @@ def run_worker(args: argparse.Namespace) -> Dict:
                     baseline_memory_bytes=baseline)
     result = dict(params_total=workload.params_total,
                   params_trainable=workload.params_trainable,
-                  flops_per_step=count_flops(workload.step) if args.worker_flops else None,
+                  flops_per_step=workload.flops_per_step, setup_s=workload.setup_s,
                   num_threads=torch.get_num_threads())
     if device.type == 'cuda':
         synchronize(device)
@@ -163,7 +186,7 @@ def measure_child(argv: Sequence[str], variant: str, count: bool = False,
 
     Args:
         argv: The command line of this run.
-        variant: ``'ours'`` or a reference.
+        variant: A backend of ours or a reference.
         count: Also count the FLOPs of a step.
         memory: Measure the CPU peak memory (in a process with :data:`MEMORY_CHILD_ENV`)
             instead of the time.
@@ -201,7 +224,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[Dict]:
     dtype = torch.bfloat16 if args.amp else torch.float32
     size = args.matmul_size or (8192 if device.type == 'cuda' else 2048)
     rate_before = matmul_rate(device, dtype, size)
-    variants = ['ours'] + ([args.reference] if args.reference else [])
+    variants = args.backend + ([args.reference] if args.reference else [])
     runs = {variant: [] for variant in variants}
     for index in range(args.rounds):
         # Alternate which variant goes first, so that neither always runs right after
@@ -228,28 +251,27 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[Dict]:
         device=device.type, torch=torch.__version__,
         device_name=(torch.cuda.get_device_name(device) if device.type == 'cuda'
                      else cpu_model()),
-        num_threads=runs['ours'][0]['num_threads'],
+        backend=args.backend, num_threads=runs[args.backend[0]][0]['num_threads'],
         matmul_dtype=str(dtype).replace('torch.', ''), matmul_size=size, matmul_gflops=rate,
         memory_measure=('torch.cuda.max_memory_allocated during the steps (weights included)'
                         if device.type == 'cuda' else
                         f'growth of the peak RSS (VmHWM) during {args.memory_steps} step(s) '
                         'over the RSS between steps, blocks of 128 KiB or more unmapped when '
                         'freed'),
-        notes=notes, ours=summarise(runs['ours'], memory['ours'], args.batch_size, rate))
+        notes=notes,
+        backends={b: summarise(runs[b], memory[b], args.batch_size, rate) for b in args.backend},
+        time_ratios=time_ratios(runs, args.backend[:1] + variants[len(args.backend):]))
+    report['ours'] = report['backends'][args.backend[0]]
     if args.reference:
         ours = report['ours']
         reference = report['reference'] = summarise(runs[args.reference], memory[args.reference],
                                                     args.batch_size, rate)
         report['reference_name'] = args.reference
-        report['time_ratio'] = reference['median_step_s'] / ours['median_step_s']
-        # Each round's two processes ran minutes apart at most: their ratio is
-        # immune to the machine drifting between rounds.
-        report['time_ratio_by_round'] = [
-            statistics.median(theirs['step_times_s']) / statistics.median(mine['step_times_s'])
-            for mine, theirs in zip(runs['ours'], runs[args.reference])]
-        report['time_ratio_paired'] = statistics.median(report['time_ratio_by_round'])
-        report['memory_ratio'] = (reference['peak_memory_mib'] / ours['peak_memory_mib']
-                                  if ours['peak_memory_mib'] > 0 else None)
+        ratio = report['time_ratios'][f'{args.reference}/{args.backend[0]}']
+        report.update(time_ratio=ratio['pooled'], time_ratio_by_round=ratio['by_round'],
+                      time_ratio_paired=ratio['paired'],
+                      memory_ratio=(reference['peak_memory_mib'] / ours['peak_memory_mib']
+                                    if ours['peak_memory_mib'] > 0 else None))
     print_report(report)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

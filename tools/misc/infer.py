@@ -19,6 +19,7 @@ from mmseg.apis import MMSegInferencer
 
 import dinolora_mmseg  # noqa: F401  (registers the DINOv2 backbone)
 from dinolora_mmseg.datasets import leaf_configs
+from dinolora_mmseg.deployment import compile_segmentor
 from dinolora_mmseg.engine.data_checks import check_image_file
 from dinolora_mmseg.utils.atomic_write import atomic_write_image
 
@@ -51,7 +52,7 @@ def check_images(paths: Sequence[str], out_dir: str) -> List[str]:
 
 def infer(images: Sequence[str], config: str, checkpoint: str, out_dir: str,
           opacity: float = 0.5, device: Optional[str] = None,
-          cfg_options: Optional[dict] = None) -> List[str]:
+          cfg_options: Optional[dict] = None, compile_model: bool = False) -> List[str]:
     """Write an overlay of the prediction of the model for each image into ``out_dir``.
 
     Args:
@@ -63,6 +64,8 @@ def infer(images: Sequence[str], config: str, checkpoint: str, out_dir: str,
         opacity (float): Weight of the palette colour, in (0, 1].
         device (str, optional): Device to run on; default the GPU if there is one.
         cfg_options (dict, optional): Overrides of the config, key -> value.
+        compile_model (bool): Run the model through ``torch.compile`` (inductor, weights
+            frozen; the first image of each size compiles).
 
     Returns:
         list[str]: The written PNG files, in the order of ``images``.
@@ -79,6 +82,8 @@ def infer(images: Sequence[str], config: str, checkpoint: str, out_dir: str,
         leaf_configs(cfg.test_dataloader.dataset, 'test_dataloader.dataset'))
     inferencer = MMSegInferencer(cfg, checkpoint, device=device)
     inferencer.show_progress = False
+    if compile_model:
+        compile_segmentor(inferencer.model)
     os.makedirs(out_dir, exist_ok=True)
     progress = ProgressBar(len(images))
     for image, out in zip(images, outputs):
@@ -97,6 +102,8 @@ def parse_args():
     parser.add_argument('--opacity', type=float, default=0.5,
                         help='opacity of the painted prediction, in (0, 1]')
     parser.add_argument('--device', help='e.g. cpu or cuda:0 (default: GPU if available)')
+    parser.add_argument('--compile', action='store_true',
+                        help='run the model through torch.compile (inductor, weights frozen)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings of the config, key=value')
     args = parser.parse_args()
@@ -108,7 +115,7 @@ def parse_args():
 def main():
     args = parse_args()
     outputs = infer(args.images, args.config, args.checkpoint, args.out, args.opacity,
-                    args.device, args.cfg_options)
+                    args.device, args.cfg_options, args.compile)
     print(f'\n{len(outputs)} overlays written to {args.out}')
 
 

@@ -73,8 +73,9 @@ class ViTFPN(BaseModule):
         levels: List[torch.Tensor] = []
         for i, (stride, rescale) in enumerate(zip(self.strides, self.rescales)):
             x = rescale(inputs[i if self.num_inputs > 1 else 0])
-            size = (-(-height // stride), -(-width // stride))
-            if x.shape[-2:] != size:
-                x = F.interpolate(x, size=size, mode='bilinear', align_corners=False)
-            levels.append(x)
+            # Ceiling division of positive numbers, and a resize even to the same size
+            # (an exact copy then): an ONNX export with symbolic sizes (whose integer
+            # division truncates, and which keeps one side of a branch on sizes) stays exact.
+            size = ((height + stride - 1) // stride, (width + stride - 1) // stride)
+            levels.append(F.interpolate(x, size=size, mode='bilinear', align_corners=False))
         return self.fpn(levels)

@@ -1,5 +1,5 @@
-"""tools/analysis_tools/benchmark.py on a tiny model: complete reports, both references, the
-fast paths.
+"""tools/analysis_tools/benchmark.py on a tiny model: complete reports, the references, the
+fast paths, the compile and onnxruntime backends.
 
 The parent side runs in this process (``main``); every measurement is a child process.
 """
@@ -48,9 +48,11 @@ def check_variant(result):
 def check_reference(report, name):
     assert report['reference_name'] == name
     check_variant(report['reference'])
-    ratios = {k: v for k, v in report.items() if 'ratio' in k}
+    ratios = {k: v for k, v in report.items() if 'ratio' in k and k != 'time_ratios'}
     assert set(ratios) == {'time_ratio', 'time_ratio_by_round', 'time_ratio_paired',
                            'memory_ratio'}
+    assert set(report['time_ratios']) == {f'pytorch/{name}', f'{name}/pytorch'}
+    assert report['time_ratios'][f'{name}/pytorch']['by_round'] == report['time_ratio_by_round']
     assert len(ratios.pop('time_ratio_by_round')) == report['rounds']
     assert all(v > 0 for v in ratios.values())
     ours, reference = report['ours'], report['reference']
@@ -107,10 +109,31 @@ def test_timm_peft_reference_for_dinov3(benchmark, tmp_path):
     assert any('qkv_bias_separate' in note for note in report['notes'])
 
 
+def test_compile_and_onnxruntime_backends(benchmark, config, tmp_path):
+    report = run(benchmark, config, tmp_path, 'infer', '--backend', 'pytorch', 'compile',
+                 'onnxruntime', size=(56, 84))
+    assert report['backend'] == ['pytorch', 'compile', 'onnxruntime']
+    results = report['backends']
+    assert report['ours'] == results['pytorch'] and 'setup_s' not in results['pytorch']
+    for name in ('compile', 'onnxruntime'):
+        check_variant(results[name])
+        # The same work: the eager step's FLOPs, and the model's parameters.
+        assert results[name]['flops_per_step'] == results['pytorch']['flops_per_step']
+        assert results[name]['params_total'] == results['pytorch']['params_total']
+        assert results[name]['setup_s'] > 0  # compilation or export, reported
+        ratio = report['time_ratios'][f'pytorch/{name}']
+        assert ratio['pooled'] == pytest.approx(
+            results['pytorch']['median_step_s'] / results[name]['median_step_s'])
+    assert set(report['time_ratios']) == {'pytorch/compile', 'pytorch/onnxruntime'}
+
+
 def test_clear_errors(benchmark, config, monkeypatch):
     common = [str(config), '--batch-size', '1', '--img-size', '50', '56']
-    with pytest.raises(SystemExit):
-        benchmark.parse_args(common + ['--mode', 'train', '--merge-lora'])
+    for wrong in (['--mode', 'train', '--merge-lora'], ['--mode', 'train', '--backend', 'compile'],
+                  ['--mode', 'infer', '--backend', 'onnxruntime', '--amp'],
+                  ['--mode', 'infer', '--backend', 'compile', 'compile']):
+        with pytest.raises(SystemExit):
+            benchmark.parse_args(common + wrong)
     with pytest.raises(ValueError, match='has no model.backbone.lora'):
         benchmark.main(common + ['--mode', 'infer', '--reference', 'no-lora',
                                  '--cfg-options', 'model.backbone.lora=None'])

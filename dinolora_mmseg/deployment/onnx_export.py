@@ -1,0 +1,201 @@
+"""ONNX export of a :class:`SegmentorGraph` and the check that onnxruntime computes it.
+
+The file's input ``image`` is ``(B, 3, H, W)`` float32 RGB in 0..255 and its output
+``logits`` is ``(B, num_classes, H, W)`` float32; the batch size is free. At a fixed
+``(H, W)`` the backbone's position tables are constants of the file; with
+``dynamic=True`` ``H`` and ``W`` are any multiples of the size divisor.
+"""
+import contextlib
+import json
+import os
+import os.path as osp
+import shutil
+import tempfile
+from typing import Dict, Iterator, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from mmseg.models.utils import Upsample
+
+from ..models.backbones.dinov2 import DINOv2
+from .segmentor_graph import SegmentorGraph, fix_position_tables
+
+INPUT_NAME, OUTPUT_NAME = 'image', 'logits'
+
+
+def onnxruntime_session(path: str, threads: Optional[int] = None, arena: bool = True):
+    """An onnxruntime CPU session of ``path`` with every graph optimisation.
+
+    Args:
+        path (str): The ``.onnx`` file.
+        threads (int, optional): Intra-op threads; default onnxruntime's choice.
+        arena (bool): onnxruntime's CPU memory arena, which keeps the memory of a run
+            for the next; without it memory is freed after each run.
+    """
+    import onnxruntime
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.enable_cpu_mem_arena = arena
+    if threads:
+        options.intra_op_num_threads = threads
+    return onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+
+
+def check_dynamic_support(graph: SegmentorGraph) -> None:
+    """Refuse ``--dynamic`` for models with an operator the exporter fixes at one size.
+
+    Raises:
+        ValueError: Names the operator and what to do instead.
+    """
+    upsamples = [name for name, m in graph.named_modules()
+                 if isinstance(m, Upsample) and m.size is None]
+    if upsamples:
+        raise ValueError(
+            f'--dynamic is not supported for this model: {upsamples[0]} (mmseg Upsample, as in '
+            "FPNHead's scale heads) computes its output size as int(side * scale_factor), "
+            'which the ONNX exporter fixes at the size traced at export. Export at a fixed '
+            '--shape (one file per input size)')
+    backbone = graph.segmentor.backbone
+    if isinstance(backbone, DINOv2) and backbone.interpolate_offset:
+        raise ValueError(
+            '--dynamic is not supported for this DINOv2 (interpolate_offset='
+            f'{backbone.interpolate_offset}, the official models without registers): its '
+            'position embedding is resized by aten::upsample_bicubic2d with a scale factor '
+            f'computed from the input size ((h + {backbone.interpolate_offset}) / '
+            f'{backbone.pos_grid}), which the ONNX exporter turns into a Resize of the size '
+            'traced at export. Export at a fixed --shape (one file per input size)')
+
+
+def export_onnx(graph: SegmentorGraph, example: torch.Tensor, dynamic: bool, size_divisor: int):
+    """Export ``graph`` with ``torch.onnx.export(dynamo=True)``; the ONNX program.
+
+    At a fixed size the position tables of the backbone are precomputed for
+    ``example``'s size first (``graph`` is changed in place).
+
+    Args:
+        graph (SegmentorGraph): The model to export.
+        example (torch.Tensor): ``(B, 3, H, W)`` input at the export size (the batch size
+            of the file is free whatever ``B`` is).
+        dynamic (bool): Free ``H`` and ``W`` (multiples of ``size_divisor``).
+        size_divisor (int): What the input sides must be multiples of when ``dynamic``.
+
+    Raises:
+        ValueError: ``dynamic`` for a model that cannot support it
+            (:func:`check_dynamic_support`), or the exporter could not keep the size
+            symbolic (the message has the exporter's reason).
+    """
+    if example.shape[0] == 1:  # torch.export fixes dimensions of size 1
+        example = example.expand(2, -1, -1, -1)
+    batch = torch.export.Dim('batch', min=1, max=1024)
+    shapes = {0: batch}
+    if dynamic:
+        check_dynamic_support(graph)
+        shapes.update({2: size_divisor * torch.export.Dim('rows', min=1, max=1024),
+                       3: size_divisor * torch.export.Dim('cols', min=1, max=1024)})
+    else:
+        fix_position_tables(graph.segmentor.backbone, example.shape[2:])
+    try:
+        with torch.no_grad():
+            return torch.onnx.export(graph, (example, ), dynamo=True, input_names=[INPUT_NAME],
+                                     output_names=[OUTPUT_NAME], dynamic_shapes=(shapes, ),
+                                     verbose=False)
+    except Exception as error:
+        if not dynamic:
+            raise
+        reason = str(error).strip().splitlines()[0]
+        raise ValueError(f'--dynamic: the exporter could not keep the input size symbolic: '
+                         f'{reason}. Export at a fixed --shape') from error
+
+
+@contextlib.contextmanager
+def staged_onnx(program, out: str, metadata: Dict[str, str]) -> Iterator[str]:
+    """Write the ONNX program with ``metadata`` (key -> JSON text) to a temporary folder
+    next to ``out``; yield the temporary file to check; then move it onto ``out``.
+
+    Models over 2 GB keep their weights in ``out + '.data'`` next to it (ONNX's limit
+    for one file), moved into place before the model. If the block raises, nothing
+    is moved and an existing ``out`` is left as it was.
+    """
+    for key, value in metadata.items():
+        program.model.metadata_props[key] = value
+    folder = osp.dirname(osp.abspath(out))
+    os.makedirs(folder, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f'.{osp.basename(out)}.', dir=folder)
+    try:
+        staged = osp.join(tmp, osp.basename(out))
+        program.save(staged)
+        yield staged
+        for name in sorted(os.listdir(tmp), key=lambda name: name == osp.basename(out)):
+            os.replace(osp.join(tmp, name), osp.join(folder, name))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_metadata(session) -> Dict:
+    """The metadata of an exported file (see :func:`staged_onnx`), values decoded."""
+    return {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
+
+
+def sample_images(size: Sequence[int], batch: int, path: Optional[str] = None) -> torch.Tensor:
+    """``(batch, 3, H, W)`` float32 RGB photos to compare runtimes on.
+
+    ``path`` (any image file) or photos that ship with scikit-image (astronaut, coffee,
+    chelsea, rocket), resized to ``size``.
+    """
+    import cv2
+    if path is not None:
+        bgr = cv2.imread(path)
+        if bgr is None:
+            raise ValueError(f'{path}: cannot be read as an image')
+        photos = [bgr[..., ::-1]] * batch
+    else:
+        import skimage.data
+        names = ('astronaut', 'coffee', 'chelsea', 'rocket')
+        photos = [getattr(skimage.data, names[i % len(names)])() for i in range(batch)]
+    H, W = size
+    resized = [cv2.resize(np.ascontiguousarray(p), (W, H), interpolation=cv2.INTER_AREA)
+               for p in photos]
+    return torch.from_numpy(np.stack(resized).transpose(0, 3, 1, 2).astype(np.float32))
+
+
+def max_logit_difference(session, graph: SegmentorGraph, images: torch.Tensor,
+                         expected: Optional[torch.Tensor] = None) -> float:
+    """Largest absolute difference between onnxruntime's and PyTorch's logits.
+
+    Args:
+        session: onnxruntime session of the exported file.
+        graph (SegmentorGraph): The PyTorch model.
+        images (torch.Tensor): ``(B, 3, H, W)`` float32 RGB input.
+        expected (torch.Tensor, optional): PyTorch's logits if already computed.
+    """
+    if expected is None:
+        with torch.no_grad():
+            expected = graph(images)
+    actual = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0]
+    return float(np.abs(actual - expected.numpy()).max())
+
+
+def check_second_size(session, graph: SegmentorGraph, images: torch.Tensor,
+                      size_divisor: int, tolerance: float) -> Tuple[Tuple[int, int], float]:
+    """Check a dynamic export at another size and batch: the export size plus one and
+    two ``size_divisor`` steps, two images. Returns that size and the difference.
+
+    Raises:
+        ValueError: onnxruntime fails there (the message names its node) or differs
+            from PyTorch by more than ``tolerance``.
+    """
+    H, W = images.shape[2:]
+    size = (H + size_divisor, W + 2 * size_divisor)
+    other = torch.nn.functional.interpolate(images[:1].expand(2, -1, -1, -1), size=size,
+                                            mode='bilinear', align_corners=False)
+    other[1] = other[1].flip(-1)
+    try:
+        difference = max_logit_difference(session, graph, other)
+    except Exception as error:  # onnxruntime raises its own Fail/RuntimeException types
+        raise ValueError(f'--dynamic: the exported file fails at {size[0]}x{size[1]} in '
+                         f'onnxruntime: {str(error).strip().splitlines()[0]}') from error
+    if difference > tolerance:
+        raise ValueError(f'--dynamic: at {size[0]}x{size[1]} the exported file differs from '
+                         f'PyTorch by {difference:.3g} (> {tolerance:g}): an operator kept a '
+                         'size traced at export. Export at a fixed --shape')
+    return size, difference

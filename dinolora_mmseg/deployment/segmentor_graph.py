@@ -1,0 +1,173 @@
+"""A trained segmentor as one tensor function for deployment: RGB images in, logits out.
+
+:func:`build_deploy_segmentor` loads a config and checkpoint and turns the model into
+what export and compilation need: LoRA adapters folded into plain ``nn.Linear`` layers
+(no adapter tensors left), SyncBN as BN, float32 weights, evaluation mode.
+:class:`SegmentorGraph` adds the data preprocessor's channel order and normalisation
+in front, so that its input is an RGB image batch as read from files.
+"""
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from mmengine.config import Config
+from mmengine.model import revert_sync_batchnorm
+from mmengine.registry import init_default_scope
+from mmengine.runner import load_checkpoint
+from mmseg.models.segmentors import EncoderDecoder
+from mmseg.registry import MODELS
+from torch import nn
+
+from ..models.backbones.dino_vit_base import DINOViTBase
+from ..models.backbones.dinov2 import DINOv2
+from ..models.lora import LoRALinear
+
+
+class SegmentorGraph(nn.Module):
+    """``logits = graph(images)`` for an ``EncoderDecoder`` in ``'whole'`` test mode.
+
+    ``images`` are ``(B, 3, H, W)`` float32 RGB values in 0..255; ``logits`` are
+    ``(B, num_classes, H, W)`` float32, the decode head's output resized bilinearly to
+    the input, as ``EncoderDecoder.encode_decode`` returns them for an input that the
+    data preprocessor has converted and normalised.
+
+    Args:
+        segmentor (EncoderDecoder): The model, in evaluation mode.
+        mean (Sequence[float], optional): Per-channel mean of the data preprocessor, in
+            the channel order the model sees; None for no normalisation.
+        std (Sequence[float], optional): Per-channel standard deviation, likewise.
+        model_sees_rgb (bool): Whether the model was trained on RGB inputs (the data
+            preprocessor's ``bgr_to_rgb``); otherwise the channels are reversed first.
+    """
+
+    def __init__(self, segmentor: EncoderDecoder, mean: Optional[Sequence[float]],
+                 std: Optional[Sequence[float]], model_sees_rgb: bool):
+        super().__init__()
+        self.segmentor = segmentor
+        self.model_sees_rgb = model_sees_rgb
+        self.normalise = mean is not None
+        if self.normalise:
+            self.register_buffer('mean', torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+            self.register_buffer('std', torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images if self.model_sees_rgb else images[:, [2, 1, 0]]
+        if self.normalise:
+            x = (x - self.mean) / self.std
+        logits = self.segmentor.decode_head.forward(self.segmentor.extract_feat(x))
+        return F.interpolate(logits, size=x.shape[2:], mode='bilinear',
+                             align_corners=self.segmentor.align_corners)
+
+
+class FixedGridTable:
+    """Stands in for a method that computes position information for a patch grid,
+    returning what it computed once for one grid.
+
+    Args:
+        value: The method's result for ``grid``.
+        grid (tuple[int, int]): ``(h, w)`` in patches.
+        what (str): What the value is, for the error message.
+    """
+
+    def __init__(self, value, grid: Tuple[int, int], what: str):
+        self.value, self.grid, self.what = value, grid, what
+
+    def __call__(self, h: int, w: int):
+        if (h, w) != self.grid:
+            raise ValueError(f'this model was prepared for a {self.grid[0]}x{self.grid[1]} '
+                             f'patch grid ({self.what} precomputed), got {h}x{w}')
+        return self.value
+
+
+@torch.no_grad()
+def fix_position_tables(backbone: nn.Module, image_size: Sequence[int]) -> None:
+    """Precompute a DINO backbone's positions for one input size, in place.
+
+    DINOv2's resized position embedding and DINOv3's RoPE sin/cos tables become
+    constants of the model for the patch grid of ``image_size``; other backbones are
+    left as they are.
+
+    Args:
+        backbone (nn.Module): The segmentor's backbone.
+        image_size (Sequence[int]): ``(H, W)`` of the inputs, in pixels.
+    """
+    if not isinstance(backbone, DINOViTBase):
+        return
+    p = backbone.patch_size
+    grid = (-(-image_size[0] // p), -(-image_size[1] // p))
+    if isinstance(backbone, DINOv2):
+        table = backbone.interpolate_pos_encoding(*grid).detach().clone()
+        backbone.interpolate_pos_encoding = FixedGridTable(table, grid, 'position embedding')
+    else:
+        rope = tuple(t.detach().clone() for t in backbone._rope(*grid))
+        backbone._rope = FixedGridTable(rope, grid, 'RoPE tables')
+
+
+@torch.no_grad()
+def strip_lora(model: nn.Module) -> int:
+    """Replace every :class:`LoRALinear` of ``model`` by an ``nn.Linear`` whose weight has
+    the adapters folded in (merged or not); returns how many were replaced."""
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, LoRALinear)]
+    for name, layer in layers:
+        linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
+                           device=layer.weight.device, dtype=layer.weight.dtype)
+        linear.weight.copy_(layer.unmerged_weight() + layer.delta_weight())
+        if layer.bias is not None:
+            linear.bias.copy_(layer.bias)
+        linear.requires_grad_(False)
+        model.set_submodule(name, linear)
+    return len(layers)
+
+
+def check_deployable(cfg: Config, model: nn.Module) -> None:
+    """Refuse models whose test-time computation a :class:`SegmentorGraph` is not.
+
+    Raises:
+        ValueError: Not an ``EncoderDecoder`` (or a subclass), a sliding-window test mode,
+            or a binary (one output channel) decode head; the message says what to do.
+    """
+    name = cfg.filename or 'the config'
+    if not isinstance(model, EncoderDecoder) or type(model).encode_decode is not (
+            EncoderDecoder.encode_decode):
+        raise ValueError(f'{name}: model.type={cfg.model.type} cannot be exported; the '
+                         'deployment tools take an EncoderDecoder')
+    mode = model.test_cfg.get('mode', 'whole') if model.test_cfg else 'whole'
+    if mode != 'whole':
+        raise ValueError(f"{name}: model.test_cfg.mode={mode!r}; the exported model computes "
+                         "one whole image. Export with --cfg-options model.test_cfg.mode=whole "
+                         '(and a --shape such as the crop size)')
+    if model.decode_head.out_channels == 1:
+        raise ValueError(f'{name}: the decode head has one output channel (binary mode); the '
+                         'deployment tools take multi-class heads')
+
+
+def build_deploy_segmentor(cfg: Config, checkpoint: str) -> Tuple[EncoderDecoder, Dict]:
+    """Build the model of ``cfg``, load ``checkpoint`` strictly and prepare it for export.
+
+    Returns:
+        tuple: ``(model, meta)``: the model without LoRA adapters (folded into the
+        weights), with BN for SyncBN, in float32 and evaluation mode; the checkpoint's
+        ``meta`` (``{}`` if it has none).
+    """
+    init_default_scope(cfg.get('default_scope') or 'mmseg')
+    model = MODELS.build(cfg.model)
+    check_deployable(cfg, model)
+    loaded = load_checkpoint(model, checkpoint, map_location='cpu', strict=True,
+                             logger='silent')
+    model = revert_sync_batchnorm(model)
+    strip_lora(model)
+    if isinstance(model.backbone, DINOViTBase):
+        model.backbone.frozen_dtype = None  # compute in float32, as the weights will be
+    model.float().eval().requires_grad_(False)
+    return model, loaded.get('meta', {})
+
+
+def segmentor_graph(model: EncoderDecoder) -> SegmentorGraph:
+    """The :class:`SegmentorGraph` of ``model`` with its data preprocessor's settings."""
+    preprocessor = model.data_preprocessor
+    normalise = getattr(preprocessor, '_enable_normalize', False)
+    return SegmentorGraph(
+        model,
+        preprocessor.mean.flatten().tolist() if normalise else None,
+        preprocessor.std.flatten().tolist() if normalise else None,
+        getattr(preprocessor, "channel_conversion", False)).eval()

@@ -1,0 +1,3 @@
+from .onnxruntime_segmentor import ONNXRuntimeSegmentor
+
+__all__ = ['ONNXRuntimeSegmentor']

@@ -1,0 +1,102 @@
+import math
+from typing import List, Optional, Tuple
+
+import torch
+from mmseg.models.segmentors import BaseSegmentor
+from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
+from mmseg.utils import OptSampleList, SampleList
+
+
+@MODELS.register_module()
+class ONNXRuntimeSegmentor(BaseSegmentor):
+    """A file of ``tools/deployment/pytorch2onnx.py`` as an MMSeg segmentor, run by
+    onnxruntime on the CPU: the stock test loop and evaluator work with it
+    (``tools/deployment/deploy_test.py``).
+
+    The file normalises its input itself, so the data preprocessor only makes RGB
+    float images of the test pipeline's output. Each batch is padded with the file's
+    pad colour (what the original data preprocessor's padding amounts to) to the
+    file's fixed input size, or for a file exported with ``--dynamic`` to multiples of
+    its size divisor; the logits are cropped and resized to each image's original size
+    as ``EncoderDecoder`` does.
+
+    Args:
+        onnx_file (str): The exported ``.onnx`` file.
+        data_preprocessor (dict, optional): Without ``mean`` and ``std``. Default:
+            ``SegDataPreProcessor`` with ``bgr_to_rgb=True`` (for images loaded by
+            ``LoadImageFromFile``). A Runner gives a model config without one the
+            config's top-level ``data_preprocessor``: set it.
+        threads (int, optional): onnxruntime intra-op threads; default its own choice.
+        init_cfg (dict, optional): Unused (no weights to initialise); MMEngine's argument.
+    """
+
+    def __init__(self, onnx_file: str, data_preprocessor: Optional[dict] = None,
+                 threads: Optional[int] = None, init_cfg: Optional[dict] = None):
+        super().__init__(data_preprocessor=data_preprocessor or dict(
+            type='mmseg.SegDataPreProcessor', bgr_to_rgb=True), init_cfg=init_cfg)
+        if getattr(self.data_preprocessor, '_enable_normalize', False):
+            raise ValueError(f'{onnx_file} normalises its input itself: the data preprocessor of '
+                             'ONNXRuntimeSegmentor must not (leave out mean and std)')
+        from ...deployment.onnx_export import (INPUT_NAME, OUTPUT_NAME, onnxruntime_session,
+                                               read_metadata)
+        self.onnx_file = onnx_file
+        self.session = onnxruntime_session(onnx_file, threads)
+        self.io_names = INPUT_NAME, OUTPUT_NAME
+        meta = read_metadata(self.session)
+        missing = {'pad_value', 'size_divisor', 'align_corners'} - set(meta)
+        if missing:
+            raise ValueError(f'{onnx_file} has no {sorted(missing)} in its metadata: it was '
+                             'not written by tools/deployment/pytorch2onnx.py')
+        self.align_corners = meta['align_corners']
+        self.size_divisor = meta['size_divisor']
+        self.register_buffer('pad_value', torch.tensor(meta['pad_value']).view(1, 3, 1, 1),
+                             persistent=False)
+        size = self.session.get_inputs()[0].shape[2:]
+        self.fixed_size = tuple(size) if all(isinstance(s, int) for s in size) else None
+
+    def input_size(self, height: int, width: int) -> Tuple[int, int]:
+        """The file's input size for images of ``height`` x ``width``.
+
+        Raises:
+            ValueError: The images are larger than the file's fixed input size.
+        """
+        if self.fixed_size is None:
+            d = self.size_divisor
+            return math.ceil(height / d) * d, math.ceil(width / d) * d
+        H, W = self.fixed_size
+        if height > H or width > W:
+            raise ValueError(f'an image of {height}x{width} (after the test pipeline) is larger '
+                             f'than the fixed {H}x{W} input of {self.onnx_file}: export it '
+                             'with a --shape that covers the test images, or with --dynamic')
+        return H, W
+
+    def encode_decode(self, inputs: torch.Tensor, batch_img_metas: List[dict]) -> torch.Tensor:
+        """Logits of the padded ``inputs`` (RGB, 0..255) at the padded size."""
+        B, _, h, w = inputs.shape
+        H, W = self.input_size(h, w)
+        padded = self.pad_value.expand(B, 3, H, W).clone()
+        padded[:, :, :h, :w] = inputs
+        image, logits = self.io_names
+        out = self.session.run([logits], {image: padded.cpu().numpy()})[0]
+        return torch.from_numpy(out).to(inputs.device)
+
+    def predict(self, inputs: torch.Tensor, data_samples: OptSampleList = None) -> SampleList:
+        h, w = inputs.shape[2:]
+        if data_samples is None:
+            data_samples = [SegDataSample(metainfo=dict(ori_shape=(h, w), img_shape=(h, w)))
+                            for _ in range(inputs.shape[0])]
+        seg_logits = self.encode_decode(inputs, [s.metainfo for s in data_samples])
+        H, W = seg_logits.shape[2:]
+        for sample in data_samples:
+            sample.set_metainfo(dict(img_padding_size=[0, W - w, 0, H - h], pad_shape=(H, W)))
+        return self.postprocess_result(seg_logits, data_samples)
+
+    def _forward(self, inputs: torch.Tensor, data_samples: OptSampleList = None) -> torch.Tensor:
+        return self.encode_decode(inputs, [])
+
+    def extract_feat(self, inputs: torch.Tensor):
+        raise NotImplementedError(f'{self.onnx_file} gives logits only, no features')
+
+    def loss(self, inputs: torch.Tensor, data_samples: SampleList) -> dict:
+        raise NotImplementedError(f'{self.onnx_file} is an exported model: it does not train')

@@ -1,0 +1,151 @@
+"""ONNX export of tiny DINOv2 (with and without registers) and DINOv3 segmentors, linear
+and FPN heads: onnxruntime against the PyTorch model as MMSeg runs it, LoRA folded in,
+at a non-square fixed size and with --dynamic."""
+import os.path as osp
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
+
+from dinolora_mmseg.deployment import (build_deploy_segmentor, check_second_size,
+                                       export_onnx, fix_position_tables, max_logit_difference,
+                                       onnxruntime_session, sample_images, segmentor_graph,
+                                       staged_onnx)
+from dinolora_mmseg.models.lora import LoRALinear
+from tests.helpers import ROOT, TINY
+
+CONFIGS = {
+    'dinov2': ('configs/demo/dinov2_lora_voc_demo.py', dict(num_register_tokens=0)),
+    'dinov2_reg4': ('configs/demo/dinov2_lora_voc_demo.py', {}),
+    'dinov3': ('configs/demo/dinov3_lora_voc_demo.py', {}),
+    'dinov2_reg4_fpn': ('configs/dinov2_lora_fpn_voc.py', dict(out_indices=(0, 1, 2))),
+}
+
+
+def tiny_config(name):
+    path, backbone = CONFIGS[name]
+    cfg = Config.fromfile(osp.join(ROOT, path))
+    cfg.model.backbone.update(arch=dict(TINY), pretrained=None, **backbone)
+    if name.endswith('fpn'):
+        cfg.model.neck.update(in_channels=TINY['embed_dims'], out_channels=16, num_inputs=3,
+                              strides=(8, 16, 32))
+        cfg.model.decode_head.update(in_channels=[16] * 3, in_index=[0, 1, 2], channels=8,
+                                     feature_strides=[8, 16, 32])
+    else:
+        cfg.model.decode_head.in_channels = TINY['embed_dims']
+    return cfg
+
+
+@pytest.fixture(scope='module', params=list(CONFIGS))
+def exported(request, tmp_path_factory):
+    """A tiny model of every kind with every weight random (LoRA factors and BN statistics
+    too), its checkpoint, and the model as export prepares it."""
+    name = request.param
+    cfg = tiny_config(name)
+    init_default_scope('mmseg')
+    model = MODELS.build(cfg.model).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for key, tensor in model.state_dict(keep_vars=True).items():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) * 0.4 + 0.1
+                             if 'running_var' in key or 'norm' in key and 'weight' in key else
+                             torch.randn(tensor.shape, generator=generator) * 0.2)
+    checkpoint = tmp_path_factory.mktemp(name) / 'model.pth'
+    torch.save(dict(state_dict=model.state_dict()), checkpoint)
+    return dict(name=name, model=model, folder=checkpoint.parent,
+                deploy=lambda: build_deploy_segmentor(cfg, str(checkpoint))[0])
+
+
+def mmseg_logits(model, rgb):
+    """Logits of ``model`` for RGB images as MMSeg's test step computes them from the
+    BGR images its pipeline loads (the data preprocessor, then ``encode_decode``)."""
+    data = dict(inputs=list(rgb.flip(1)), data_samples=[SegDataSample() for _ in rgb])
+    inputs = model.data_preprocessor(data, False)['inputs']
+    meta = dict(img_shape=inputs.shape[2:], pad_shape=inputs.shape[2:])
+    with torch.no_grad():
+        return model.encode_decode(inputs, [meta] * len(rgb))
+
+
+def fixed_size(name):
+    return (64, 96) if name == 'dinov3' else (56, 84)  # a 4x6 patch grid, not square
+
+
+def test_fixed_size_export_equals_pytorch_with_lora_folded(exported):
+    deploy, name = exported['deploy'](), exported['name']
+    assert not any(isinstance(m, LoRALinear) for m in deploy.modules())
+    images = sample_images(fixed_size(name), 2)
+    expected = mmseg_logits(exported['model'], images)
+    graph = segmentor_graph(deploy)
+    path = exported['folder'] / 'fixed.onnx'
+    export_onnx(graph, images[:1], dynamic=False, size_divisor=14).save(str(path))
+    session = onnxruntime_session(str(path))
+    assert session.get_inputs()[0].shape[1:] == [3, *fixed_size(name)]
+    # Exported from one image, it runs on two: the batch size is free.
+    assert max_logit_difference(session, graph, images, expected) <= 1e-4
+    assert expected.abs().max() > 1  # the tolerance is small against the logits
+
+    # The file holds the merged weights once: no adapter tensors, nothing else of size.
+    weights = onnx.load(str(path)).graph.initializer
+    assert not any('lora' in w.name for w in weights)
+    floats = sum(int(np.prod(w.dims)) for w in weights if w.data_type == onnx.TensorProto.FLOAT)
+    state = {k: v for k, v in deploy.state_dict().items() if v.is_floating_point()}
+    # + the mean and std, and the scale of queries and keys in the attention
+    expected_floats = sum(v.numel() for v in state.values()) + 6 + 1
+    backbone = deploy.backbone
+    h, w = (side // backbone.patch_size for side in fixed_size(name))
+    if name == 'dinov3':  # the RoPE periods become sin and cos tables of the grid
+        expected_floats += 2 * h * w * TINY['embed_dims'] // TINY['num_heads']
+        expected_floats -= backbone.rope_embed.periods.numel()
+    else:  # the position embedding is resized to the grid once
+        expected_floats += (1 + h * w - backbone.pos_embed.shape[1]) * TINY['embed_dims']
+    if name.endswith('fpn'):  # each BN's 4 vectors become the bias of the convolution before it
+        bn = [v for k, v in state.items() if 'running_mean' in k]
+        expected_floats -= 3 * sum(v.numel() for v in bn)
+    assert floats == expected_floats
+
+
+def test_dynamic_export_runs_at_other_sizes_or_names_the_operator(exported):
+    graph = segmentor_graph(exported['deploy']())
+    divisor = graph.segmentor.backbone.patch_size
+    images = sample_images((3 * divisor, 5 * divisor), 2)
+    unsupported = {'dinov2': r'aten::upsample_bicubic2d with a scale factor',
+                   'dinov2_reg4_fpn': r'decode_head.scale_heads.1.1 \(mmseg Upsample'}
+    if exported['name'] in unsupported:
+        with pytest.raises(ValueError, match=unsupported[exported['name']]):
+            export_onnx(graph, images, dynamic=True, size_divisor=divisor)
+        return
+    path = exported['folder'] / 'dynamic.onnx'
+    export_onnx(graph, images, dynamic=True, size_divisor=divisor).save(str(path))
+    session = onnxruntime_session(str(path))
+    assert max_logit_difference(session, graph, images) <= 1e-4
+    size, difference = check_second_size(session, graph, images, divisor, 1e-4)
+    assert size == (4 * divisor, 7 * divisor) and difference <= 1e-4
+
+
+def test_fixed_tables_refuse_another_grid(exported):
+    backbone = exported['deploy']().backbone
+    fix_position_tables(backbone, (56, 84) if exported['name'] != 'dinov3' else (64, 96))
+    with pytest.raises(ValueError, match=r'prepared for a 4x6 patch grid .* got 5x6'):
+        backbone(torch.zeros(1, 3, 5 * backbone.patch_size, 6 * backbone.patch_size))
+
+
+def test_a_failed_check_leaves_the_existing_file(tmp_path):
+    program = torch.onnx.export(torch.nn.Conv2d(3, 2, 1).eval(), (torch.zeros(1, 3, 4, 4), ),
+                                dynamo=True, verbose=False)
+    out = tmp_path / 'model.onnx'
+    out.write_bytes(b'previous model')
+    with pytest.raises(RuntimeError, match='check failed'):
+        with staged_onnx(program, str(out), {'classes': '[]'}) as staged:
+            assert onnx.load(staged).metadata_props[0].key == 'classes'
+            raise RuntimeError('check failed')
+    assert out.read_bytes() == b'previous model'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['model.onnx']
+    with staged_onnx(program, str(out), {'classes': '["a"]'}):
+        pass
+    assert onnx.load(str(out)).metadata_props[0].value == '["a"]'
