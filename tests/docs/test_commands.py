@@ -112,7 +112,7 @@ def test_demo_commands_run_as_written(tmp_path):
         argv = [sys.executable if word == 'python' else word for word in command.argv]
         env = dict(os.environ, **command.env, PYTHON=sys.executable, PORT=str(free_port()))
         result = subprocess.run(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, timeout=1200)
+                                stderr=subprocess.STDOUT, text=True, timeout=3600)
         assert result.returncode == 0, (
             f'{command.doc}: {command.text}\n{result.stdout[-4000:]}')
 

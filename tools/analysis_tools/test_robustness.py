@@ -6,8 +6,8 @@
 Runs the clean test set, then every corruption x severity (default: the 15 ImageNet-C
 corruptions x severities 1-5; ``--extra`` adds the 4 extra ones) with ``ImageCorruption``
 inserted right after ``LoadImageFromFile`` in the config's test pipeline (the pipeline of
-every dataset in a ``ConcatDataset``), each with the
-mmengine Runner and the config's evaluator as ``tools/test.py`` does. Writes to the work
+every dataset in a ``ConcatDataset``), each with the mmengine Runner and the config's
+evaluator as ``tools/test.py`` does. Writes to the work
 dir (default ``work_dirs/<config>/robustness``; the Runner logs under ``runs/``):
 
 - ``robustness.json`` and ``robustness.csv``: mIoU, aAcc and mAcc of every run;
@@ -18,8 +18,9 @@ dir (default ``work_dirs/<config>/robustness``; the Runner logs under ``runs/``)
 
 The results are saved after every run: a re-run with the same checkpoint content, config
 content (with its options) and seed reuses them, so an interrupted sweep goes on where it
-stopped; results of a checkpoint or config since changed at the same path are refused. Runs on 1
-process or under torchrun (``--launcher pytorch``), on the CPU too.
+stopped; results of a checkpoint or config since changed at the same path are refused.
+Runs on 1 process or under torchrun (``--launcher pytorch``), on the CPU too. The tables
+and the plot are :mod:`dinolora_mmseg.visualization.robustness_report`.
 """
 import argparse
 import copy
@@ -30,22 +31,21 @@ import json
 import os
 import os.path as osp
 
-import numpy as np
-from matplotlib.figure import Figure
 from mmengine.config import Config
 from mmengine.dist import broadcast_object_list, is_main_process
 from mmengine.runner import Runner
 
-from dinolora_mmseg.datasets import (CORRUPTION_FAMILIES, CORRUPTIONS, EXTRA_CORRUPTIONS,
-                                     IMAGENET_C_CORRUPTIONS, SEVERITIES, leaf_configs)
+from dinolora_mmseg.datasets import (CORRUPTIONS, EXTRA_CORRUPTIONS, IMAGENET_C_CORRUPTIONS,
+                                     SEVERITIES, leaf_configs)
 from dinolora_mmseg.engine.data_checks import check_dataloaders
 from dinolora_mmseg.engine.launch import add_common_args, load_config, prepare_launch
 from dinolora_mmseg.utils.atomic_write import atomic_write_bytes
 from dinolora_mmseg.utils.integrity import content_fingerprint
+from dinolora_mmseg.visualization.robustness_report import (FAMILY, markdown, plot, relative,
+                                                            run_name, summarize)
 
 METRICS = ('mIoU', 'aAcc', 'mAcc')
 IDENTITY = ('checkpoint_sha256', 'config_sha256', 'seed')
-FAMILY = {name: family for family, names in CORRUPTION_FAMILIES.items() for name in names}
 
 
 def parse_args():
@@ -95,10 +95,6 @@ def corrupt_test_set(cfg: Config, corruption: str, severity: int, seed: int) -> 
             type='ImageCorruption', corruption=corruption, severity=severity, seed=seed))
 
 
-def run_name(corruption: str, severity: int) -> str:
-    return 'clean' if corruption == 'clean' else f'{corruption}_{severity}'
-
-
 def run_test(cfg: Config, checkpoint: str, work_dir: str, corruption: str, severity: int,
              seed: int) -> dict:
     """mIoU, aAcc and mAcc of ``checkpoint`` on the test set of ``cfg``, corrupted unless
@@ -124,72 +120,6 @@ def run_test(cfg: Config, checkpoint: str, work_dir: str, corruption: str, sever
 def order(result: dict) -> tuple:
     corruption = result['corruption']
     return (-1 if corruption == 'clean' else CORRUPTIONS.index(corruption), result['severity'])
-
-
-def summarize(results: dict, corruptions, severities) -> dict:
-    """Means of the mIoU table and the relative robustness (mean corrupted / clean)."""
-    table = np.array([[results[run_name(c, s)]['mIoU'] for s in severities]
-                      for c in corruptions])
-    clean = results['clean']['mIoU']
-    mean = float(table.mean())
-    return dict(corruptions=list(corruptions), severities=list(severities), clean_mIoU=clean,
-                mean_per_severity={str(s): round(float(v), 2)
-                                   for s, v in zip(severities, table.mean(axis=0))},
-                mean_per_corruption={c: round(float(v), 2)
-                                     for c, v in zip(corruptions, table.mean(axis=1))},
-                mean_mIoU=round(mean, 2),
-                relative_robustness=round(mean / clean, 4) if clean else None)
-
-
-def relative(summary: dict) -> str:
-    rel = summary['relative_robustness']
-    return 'n/a (clean mIoU 0)' if rel is None else f'{rel:.4f}'
-
-
-def markdown(key: dict, results: dict, summary: dict) -> str:
-    severities, corruptions = summary['severities'], summary['corruptions']
-    lines = [f"# Robustness of {osp.basename(key['checkpoint'])} "
-             f"({osp.basename(key['config'])})", '',
-             f"mIoU (%) on the test set with ImageNet-C corruptions (`ImageCorruption`, seed "
-             f"{key['seed']}) at severities {', '.join(map(str, severities))}.", '',
-             '| corruption | family | ' + ' | '.join(map(str, severities)) + ' | mean |',
-             '|---|---|' + '---:|' * (len(severities) + 1)]
-    for c in corruptions:
-        values = [results[run_name(c, s)]['mIoU'] for s in severities]
-        values.append(summary['mean_per_corruption'][c])
-        lines.append(f'| {c} | {FAMILY[c]} | ' + ' | '.join(f'{v:.2f}' for v in values) + ' |')
-    means = [summary['mean_per_severity'][str(s)] for s in severities]
-    lines += ['| **mean** | | ' + ' | '.join(f'{v:.2f}' for v in means)
-              + f" | **{summary['mean_mIoU']:.2f}** |", '',
-              f"Clean mIoU: {summary['clean_mIoU']:.2f}. Mean corrupted mIoU: "
-              f"{summary['mean_mIoU']:.2f}. Relative robustness (mean corrupted / clean): "
-              f'{relative(summary)}.', '']
-    return '\n'.join(lines)
-
-
-def plot(key: dict, results: dict, summary: dict, f) -> None:
-    """Write the PNG of mIoU against severity per family, the mean and the clean mIoU."""
-    severities, clean = summary['severities'], summary['clean_mIoU']
-    fig = Figure(figsize=(7.2, 4))
-    ax = fig.add_subplot()
-    for family, names in CORRUPTION_FAMILIES.items():
-        names = [n for n in summary['corruptions'] if n in names]
-        if names:
-            means = [np.mean([results[run_name(n, s)]['mIoU'] for n in names])
-                     for s in severities]
-            ax.plot(severities, means, marker='o', label=f'{family} ({len(names)})')
-    ax.plot(severities, [summary['mean_per_severity'][str(s)] for s in severities],
-            color='black', linewidth=2.5, marker='s',
-            label=f"mean ({len(summary['corruptions'])})")
-    ax.axhline(clean, color='grey', linestyle='--', label=f'clean ({clean:.2f})')
-    top = max([clean] + [results[run_name(c, s)]['mIoU'] for c in summary['corruptions']
-                         for s in severities])
-    ax.set(xlabel='severity', ylabel='mIoU (%)', xticks=severities, ylim=(0, 1.08 * top + 1),
-           title=f"{osp.basename(key['config'])}: relative robustness {relative(summary)}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize='small', loc='center left', bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
-    fig.savefig(f, format='png', dpi=100)
 
 
 def save(path: str, write) -> None:
