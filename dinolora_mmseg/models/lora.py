@@ -101,6 +101,16 @@ class LoRALinear(nn.Linear):
         a, b = self.lora_factors()
         return self.scaling * b @ a
 
+    def _updated_weight(self) -> torch.Tensor:
+        """A copy of ``weight`` with each part's update added to its rows in place: no
+        zero-padded factors and no full-size update tensor, unlike ``weight +
+        delta_weight()``."""
+        weight = self.weight.clone()
+        for name, (start, end) in self.parts.items():
+            weight[start:end].addmm_(self.lora_B[name].to(weight.dtype),
+                                     self.lora_A[name].to(weight.dtype), alpha=self.scaling)
+        return weight
+
     def _dropping(self) -> bool:
         return isinstance(self.lora_dropout, nn.Dropout) and self.lora_dropout.training
 
@@ -108,11 +118,11 @@ class LoRALinear(nn.Linear):
         if self.merged:
             self._refuse_training_while_merged()
             return F.linear(x, self.weight, self.bias)
-        a, b = self.lora_factors()
         if not (torch.is_grad_enabled() or self._dropping()):
             # Inference: one product with the updated weight costs less than the
             # adapter's two thin ones plus a pass over the output.
-            return F.linear(x, torch.addmm(self.weight, b, a, alpha=self.scaling), self.bias)
+            return F.linear(x, self._updated_weight(), self.bias)
+        a, b = self.lora_factors()
         x2d = x.reshape(-1, self.in_features)
         out = F.linear(x2d, self.weight, self.bias)
         update = F.linear(self.lora_dropout(x2d), a)

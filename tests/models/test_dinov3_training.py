@@ -182,6 +182,11 @@ def test_bfloat16_frozen_weights_with_float32_adapters(pretrained):
     # bfloat16 keeps 8 bits of mantissa: measured 0.4 % (outputs) and 1 % (gradients)
     assert 0 < (outputs[1] - outputs[0]).norm() / outputs[0].norm() < 3e-2
     assert 0 < (grads[1] - grads[0]).norm() / grads[0].norm() < 5e-2
+    # Inference folds the float32 adapters into copies of the bfloat16 weights.
+    with torch.no_grad():
+        folded = half.eval()(x)[0]
+    assert folded.dtype == torch.float32
+    assert (folded - outputs[1]).norm() / outputs[1].norm() < 3e-2
     with pytest.raises(ValueError, match='frozen_dtype must be one of'):
         DINOv3(arch=TINY3, frozen=False, frozen_dtype='bfloat16')
 
