@@ -75,6 +75,11 @@ def check_reference(cfg: Config, reference: str, img_size: Sequence[int],
         notes.append('timm-peft: timm adds the qkv bias after the projection '
                      '(qkv_bias_separate), one more pass over its output: fused into the '
                      'projection, it would bypass the adapter peft puts on qkv')
+    neck, head = cfg.model.get('neck'), cfg.model.decode_head.type
+    if neck or head != 'LinearHead':
+        ours = f'{neck.type} + {head}' if neck else head
+        notes.append(f'timm-peft: its head is a 1x1 convolution on the last block; ours is '
+                     f'{ours}, whose cost the time ratio includes')
     return notes
 
 

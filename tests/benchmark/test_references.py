@@ -91,3 +91,13 @@ def test_check_reference_takes_dinov3_at_multiples_of_16(config):
         references.check_reference(config, 'timm-peft', (56, 56), 'tiny_dinov3.py')
     for reference in ('naive-attention', 'no-lora'):
         assert references.check_reference(config, reference, (56, 56), 'tiny_dinov3.py')
+
+
+def test_check_reference_says_when_our_head_is_not_linear(config):
+    """The timm-peft reference always has a 1x1-convolution head."""
+    notes = references.check_reference(config, 'timm-peft', (64, 96), 'tiny_dinov3.py')
+    assert not any('head' in note for note in notes)
+    mask2former = Config.fromfile(osp.join(ROOT, 'configs/dinov3_lora_mask2former_voc.py'))
+    notes = references.check_reference(mask2former, 'timm-peft', (64, 96), 'm2f.py')
+    assert ('timm-peft: its head is a 1x1 convolution on the last block; ours is ViTFPN + '
+            'Mask2FormerHead, whose cost the time ratio includes') in notes

@@ -1,0 +1,121 @@
+"""The Mask2Former demo config on demo data, on the CPU: it learns, tools/test.py and a
+2-process dist_test.sh agree with its validation, its checkpoint holds no frozen backbone
+weights, and --amp, inference overlays, the robustness sweep and the benchmark run on it."""
+import json
+import os.path as osp
+import re
+
+import pytest
+import torch
+
+from dinolora_mmseg.utils.fingerprint import decode_record
+from tests.helpers import (PYTHON, ROOT, free_port, load_tool, logged_metrics,
+                           official_state_dict, run_tool)
+from tests.tools.test_train_test_e2e import majority_class_miou
+
+# 4 blocks of a 128-wide ViT with 4 registers, one ViTFPN input each, from an
+# official-layout file; the demo's tiny Mask2Former (16 queries, 64 channels).
+TINY_ARCH = 'dict(_delete_=True, embed_dims=128, num_layers=4, num_heads=2)'
+ITERS = 100
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    """The demo config with the tiny ViT, trained for ``ITERS`` iterations."""
+    root = tmp_path_factory.mktemp('mask2former_demo')
+    run_tool(PYTHON, 'tools/misc/make_demo_data.py', root / 'data', '--format', 'voc',
+             '--num-train', 24, '--num-val', 8)
+    weights = root / 'dinov2_tiny_reg4_pretrain.pth'
+    torch.save(official_state_dict(128, 4, num_register_tokens=4), weights)
+    voc = root / 'data/VOCdevkit/VOC2012'
+    config = root / 'tiny_mask2former.py'
+    loader = ('dict(batch_size={}, num_workers=0, persistent_workers=False, '
+              'dataset=dict(data_root=data_root))')
+    config.write_text('\n'.join([
+        f"_base_ = '{osp.join(ROOT, 'configs/demo/dinov2_lora_mask2former_voc_demo.py')}'",
+        f"data_root = '{voc}'",
+        f'train_dataloader = {loader.format(8)}',
+        f'val_dataloader = {loader.format(1)}',
+        'test_dataloader = val_dataloader',
+        f"model = dict(backbone=dict(arch={TINY_ARCH}, out_indices=(0, 1, 2, 3), "
+        f"pretrained='{weights}'), neck=dict(in_channels=128))",
+        f'train_cfg = dict(max_iters={ITERS}, val_interval={ITERS})',
+        f'default_hooks = dict(checkpoint=dict(interval={ITERS}))']) + '\n')
+    train = run_tool(PYTHON, 'tools/train.py', config, '--work-dir', root / 'work')
+    names = (voc / 'ImageSets/Segmentation/val.txt').read_text().split()
+    return dict(root=root, voc=voc, config=config, weights=weights, train=train,
+                checkpoint=root / 'work' / f'iter_{ITERS}.pth',
+                images=[voc / 'JPEGImages' / f'{name}.jpg' for name in names[:2]])
+
+
+def test_demo_config_learns(trained):
+    """Predicting the majority class scores ~10 mIoU here (see test_train_test_e2e.py)."""
+    miou = logged_metrics(trained['train'], 'val')['mIoU']
+    baseline = majority_class_miou(trained['voc'])
+    assert baseline < 20
+    assert miou > 60, (miou, baseline)
+
+
+def test_checkpoint_holds_only_what_trains(trained):
+    state = torch.load(trained['checkpoint'], weights_only=True)['state_dict']
+    record = decode_record(state.pop('backbone._extra_state'))
+    assert record['pretrained'] == str(trained['weights'])
+    assert {k for k in state if k.startswith('backbone.')} == {
+        f'backbone.blocks.{i}.attn.qkv.lora_{m}.{t}' for i in range(4) for m in 'AB'
+        for t in 'qv'}
+    assert any(k.startswith('neck.') for k in state)
+    trainable = re.search(r'([\d,]+) trainable', trained['train']).group(1)
+    assert sum(v.numel() for v in state.values()) == int(trainable.replace(',', ''))
+
+
+def test_test_and_dist_test_agree(trained):
+    root, config, checkpoint = trained['root'], trained['config'], trained['checkpoint']
+    val = logged_metrics(trained['train'], 'val')
+    single = logged_metrics(run_tool(PYTHON, 'tools/test.py', config, checkpoint,
+                                     '--work-dir', root / 'test1'), 'test')
+    double = logged_metrics(
+        run_tool('bash', 'tools/dist_test.sh', config, checkpoint, 2,
+                 '--work-dir', root / 'test2',
+                 env=dict(PYTHON=PYTHON, PORT=str(free_port()))), 'test')
+    assert single == double == val
+
+
+def test_amp_trains_in_bfloat16(trained, tmp_path):
+    # Without the speed check, which refuses CPUs without native bfloat16 (unit-tested).
+    output = run_tool(PYTHON, 'tools/train.py', trained['config'], '--amp', '--work-dir',
+                      tmp_path, '--cfg-options', 'train_cfg.max_iters=2',
+                      'train_cfg.val_interval=2', 'optim_wrapper.check_bf16_speed=False')
+    assert 'BF16OptimWrapper' in (tmp_path / 'tiny_mask2former.py').read_text()
+    assert logged_metrics(output, 'val')['mIoU'] > 0
+
+
+def test_inference_overlays(trained):
+    out = trained['root'] / 'overlays'
+    output = run_tool(PYTHON, 'tools/misc/infer.py', *trained['images'], '--config',
+                      trained['config'], '--checkpoint', trained['checkpoint'], '--out', out,
+                      '--device', 'cpu')
+    assert f'{len(trained["images"])} overlays written' in output
+    assert all((out / f'{path.stem}.png').is_file() for path in trained['images'])
+
+
+def test_robustness_sweep(trained):
+    work = trained['root'] / 'robustness'
+    run_tool(PYTHON, 'tools/analysis_tools/test_robustness.py', trained['config'],
+             trained['checkpoint'], '--work-dir', work, '--corruptions', 'gaussian_noise',
+             '--severities', 5)
+    results = json.loads((work / 'robustness.json').read_text())['results']
+    val = logged_metrics(trained['train'], 'val')
+    assert {m: results[0][m] for m in val} == val
+    assert results[1]['corruption'] == 'gaussian_noise' and results[1]['aAcc'] != val['aAcc']
+
+
+@pytest.mark.parametrize('mode', ['train', 'infer'])
+def test_benchmark(trained, tmp_path, mode):
+    out = tmp_path / 'report.json'
+    load_tool('analysis_tools/benchmark').main(
+        [str(trained['config']), '--mode', mode, '--batch-size', '2', '--img-size', '56', '56',
+         '--iters', '1', '--warmup', '1', '--rounds', '1', '--device', 'cpu',
+         '--matmul-size', '256', '--json', str(out)])
+    ours = json.loads(out.read_text())['ours']
+    assert ours['median_step_s'] > 0 and ours['flops_per_step'] > 0
+    assert 0 < ours['params_trainable'] < ours['params_total']
