@@ -152,6 +152,37 @@ def test_rope_periods_from_min_and_max():
     assert torch.allclose(rope.periods, 0.5 * 80**torch.linspace(0, 1, 8))
 
 
+def test_rope_tables_kept_for_the_last_grid_and_periods():
+    rope = RopePositionEmbedding(64, 2).eval()
+    first = rope(4, 6)
+    assert all(a is b for a, b in zip(rope(4, 6), first))  # reused
+    for grid in [(5, 6), (4, 6)]:  # another grid, then the first again: recomputed
+        tables = rope(*grid)
+        assert all(torch.equal(a, b) for a, b in
+                   zip(tables, official_rope(rope.periods, *grid, 'separate')))
+    rope.load_state_dict(dict(periods=rope.periods * 2))  # in place: same storage
+    assert all(torch.equal(a, b) for a, b in
+               zip(rope(4, 6), official_rope(rope.periods, 4, 6, 'separate')))
+    assert not torch.equal(rope(4, 6)[0], first[0])
+
+
+def test_rope_tables_from_inference_mode_serve_training():
+    model = DINOv3(arch=TINY3, frozen=False, lora=dict(rank=2, targets=('q', )))
+    x = torch.randn(1, 3, 48, 64)
+    with torch.inference_mode():
+        expected = model.eval()(x)[0]
+    assert not model.rope_embed(3, 4)[0].is_inference()
+    out = model.train()(x)[0]
+    out.sum().backward()  # would fail on inference tensors saved for backward
+    assert torch.allclose(out, expected, atol=1e-6)
+
+
+def test_rope_tables_not_kept_while_augmenting():
+    rope = RopePositionEmbedding(64, 2, rescale_coords=2.0).train()
+    torch.manual_seed(0)
+    assert not torch.equal(rope(4, 6)[0], rope(4, 6)[0])
+
+
 def test_rope_once_per_forward_and_augmented_only_when_asked():
     model = DINOv3(arch=TINY3, frozen=False).train()
     calls = []

@@ -83,6 +83,8 @@ class RopePositionEmbedding(nn.Module):
         self.jitter_coords = jitter_coords
         self.rescale_coords = rescale_coords
         self.register_buffer('periods', self.default_periods())
+        self._cache_key: Optional[tuple] = None
+        self._cache: Optional[Rope] = None
 
     def default_periods(self) -> torch.Tensor:
         """The periods for ``base`` (or ``min_period``/``max_period``), in float32."""
@@ -113,8 +115,27 @@ class RopePositionEmbedding(nn.Module):
             coords = coords * torch.empty(1, **dd).uniform_(-log_rescale, log_rescale).exp()
         return coords
 
-    def forward(self, h: int, w: int) -> Rope:
+    def _augmenting(self) -> bool:
+        return self.training and any(
+            v is not None for v in (self.shift_coords, self.jitter_coords, self.rescale_coords))
+
+    def _tables(self, h: int, w: int) -> Rope:
         coords = self._coords(h, w)
         angles = 2 * math.pi * coords[:, :, None] / self.periods.float()[None, None, :]
         angles = angles.flatten(1, 2).tile(2)
         return torch.sin(angles), torch.cos(angles)
+
+    def forward(self, h: int, w: int) -> Rope:
+        """The tables of the last grid are kept and reused while the grid and the periods
+        stay the same (as a model built for one input size holds them); not while the
+        coordinates are augmented, nor under ``torch.compile``/``torch.export``."""
+        if self._augmenting() or torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return self._tables(h, w)
+        periods = self.periods
+        key = (h, w, periods.device, periods.data_ptr(), periods._version)
+        if self._cache_key != key:
+            # Plain tensors even under inference mode, so that training may reuse them.
+            with torch.inference_mode(False), torch.no_grad():
+                self._cache = self._tables(h, w)
+            self._cache_key = key
+        return self._cache
