@@ -8,7 +8,7 @@ from mmengine.config import Config
 from torch import nn
 
 from ..models.backbones import DINOv2, DINOv3
-from ..models.utils import Attention, Rope, apply_rope, linear_after_norm, swiglu_hidden_dims
+from ..models.utils import Attention, Rope, swiglu_hidden_dims
 
 REFERENCES = ('timm-peft', 'naive-attention', 'no-lora')
 BACKBONES = dict(DINOv2=DINOv2, DINOv3=DINOv3)
@@ -21,11 +21,7 @@ def naive_attention_forward(self: Attention, x: torch.Tensor,
                             rope: Optional[Rope] = None) -> torch.Tensor:
     """``Attention.forward`` with the attention matrix materialised (the reference)."""
     B, N, C = x.shape
-    qkv = linear_after_norm(self.qkv, x, norm).reshape(B, N, 3, self.num_heads,
-                                                         C // self.num_heads)
-    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-    if rope is not None:
-        q, k = apply_rope(q, rope), apply_rope(k, rope)
+    q, k, v = self.heads(x, norm, rope)
     weights = ((q * q.shape[-1]**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
     return self.proj((weights @ v).transpose(1, 2).reshape(B, N, C))
 

@@ -40,8 +40,42 @@ class DINOViTBase(FrozenPretrainedMixin, BaseModule):
     Subclasses add the prefix tokens and the position information (``_build_tokens``,
     ``_init_tokens``, ``_prepare_tokens``, ``_rope``) and convert the official key
     layout (``_from_official``, ``_to_official``); they set the attributes their hooks
-    read before calling ``__init__``. See :class:`DINOv2` and :class:`DINOv3` for the
-    arguments.
+    read before calling ``__init__``.
+
+    Args:
+        arch (str | dict): A name of the subclass's ``arch_zoo`` or a dict with
+            ``embed_dims``, ``num_layers``, ``num_heads`` and optionally ``ffn_type``
+            (``'mlp'``/``'swiglu'``) and ``mlp_ratio``.
+        patch_size (int): Patch side in pixels.
+        in_channels (int): Image channels.
+        out_indices (int | Sequence[int]): Blocks whose outputs are returned;
+            negative indices count from the end.
+        final_norm (bool): Apply the final LayerNorm to every output.
+        drop_path_rate (float): Stochastic depth, rising linearly to this rate.
+            Inactive while the backbone is frozen.
+        pretrained (str, optional): Local ``.pth``/``.pt``/``.safetensors`` file or
+            ``http(s)`` URL of an official-layout checkpoint, loaded at construction
+            into a model built on the meta device (one copy of the weights in memory).
+            None leaves random weights (with a warning).
+        verify_pretrained (bool): Refuse to load a checkpoint (``load_from``,
+            ``tools/test.py``, ``--resume``) whose adapters were trained on other
+            pretrained weights than ``pretrained`` holds: checkpoints leave the frozen
+            weights out and record the fingerprint of the ones they were trained on.
+        frozen (bool): Pretrained weights get ``requires_grad=False`` and stay in
+            eval mode; only LoRA adapters (and downstream heads) train.
+        frozen_dtype (str): ``'float32'`` or ``'bfloat16'``: the frozen weights are kept
+            in bfloat16 (half the memory) and the backbone computes under bfloat16
+            autocast, while the LoRA adapters stay float32 parameters and the outputs
+            float32. Needs ``frozen=True``.
+        lora (dict, optional): LoRA adapters: ``rank``, ``alpha``, ``dropout``,
+            ``targets`` (any of ``'q'``, ``'k'``, ``'v'``, ``'qkv'``, ``'proj'``,
+            ``'fc1'``, ``'fc2'``) and ``layers`` (block indices, default every block up
+            to the last of ``out_indices``; later blocks do not run, so adapters there
+            are refused).
+        with_cp (bool): Activation checkpointing while training: each block keeps
+            its input and its attention output for the backward pass and recomputes
+            the rest (linear layers, norms, activations).
+        init_cfg (dict, optional): MMEngine initialisation config.
     """
 
     family = 'DINO'
@@ -50,11 +84,20 @@ class DINOViTBase(FrozenPretrainedMixin, BaseModule):
     norm_eps = 1e-6
     lora_target_names = ('q', 'k', 'v', 'qkv', 'proj', 'fc1', 'fc2')
 
-    def __init__(self, arch: Union[str, Dict], patch_size: int, in_channels: int,
-                 out_indices: Union[int, Sequence[int]], final_norm: bool,
-                 drop_path_rate: float, pretrained: Optional[str], verify_pretrained: bool,
-                 frozen: bool, frozen_dtype: str, lora: Optional[Dict], with_cp: bool,
-                 init_cfg: Optional[Dict]):
+    def __init__(self,
+                 arch: Union[str, Dict],
+                 patch_size: int,
+                 in_channels: int = 3,
+                 out_indices: Union[int, Sequence[int]] = -1,
+                 final_norm: bool = True,
+                 drop_path_rate: float = 0.0,
+                 pretrained: Optional[str] = None,
+                 verify_pretrained: bool = True,
+                 frozen: bool = True,
+                 frozen_dtype: str = 'float32',
+                 lora: Optional[Dict] = None,
+                 with_cp: bool = False,
+                 init_cfg: Optional[Dict] = None):
         super().__init__(init_cfg=init_cfg)
         self.arch_settings = arch = self._arch_settings(arch)
         if frozen_dtype not in FROZEN_DTYPES or (frozen_dtype != 'float32' and not frozen):
@@ -105,6 +148,13 @@ class DINOViTBase(FrozenPretrainedMixin, BaseModule):
             self._add_lora(**lora)
         self._register_state_dict_hook(self._drop_restorable_weights)
         self._register_load_state_dict_pre_hook(self._check_and_complete, with_module=False)
+
+    @staticmethod
+    def _token_count(name: str, value) -> int:
+        """``value`` if it is a non-negative int, else a ValueError naming ``name``."""
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f'{name} must be a non-negative int, got {value!r}')
+        return value
 
     def _arch_settings(self, arch: Union[str, Dict]) -> Dict:
         if isinstance(arch, str):

@@ -1,5 +1,5 @@
 import math
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -39,41 +39,17 @@ class DINOv2(DINOViTBase):
         img_size (int): Side of the square image the position embedding was trained
             for (518 -> a 37x37 grid).
         patch_size (int): Patch side in pixels.
-        in_channels (int): Image channels.
-        out_indices (int | Sequence[int]): Blocks whose outputs are returned;
-            negative indices count from the end.
-        final_norm (bool): Apply the final LayerNorm to every output.
-        drop_path_rate (float): Stochastic depth, rising linearly to this rate.
-            Inactive while the backbone is frozen.
         interpolate_antialias (bool, optional): Antialiased bicubic resizing of the
             position embedding. Default: as the official model of this variant
             (True with registers, False without).
         interpolate_offset (float, optional): The official ``+0.1`` offset of the
             resize scale factor; ``0`` resizes to the exact grid. Default: as the
             official model (0 with registers, 0.1 without).
-        pretrained (str, optional): Local ``.pth``/``.pt``/``.safetensors`` file or
-            ``http(s)`` URL of an official-layout checkpoint, loaded at construction
-            into a model built on the meta device (one copy of the weights in memory).
-            None leaves random weights (with a warning).
-        verify_pretrained (bool): Refuse to load a checkpoint (``load_from``,
-            ``tools/test.py``, ``--resume``) whose adapters were trained on other
-            pretrained weights than ``pretrained`` holds: checkpoints leave the frozen
-            weights out and record the fingerprint of the ones they were trained on.
-        frozen (bool): Pretrained weights get ``requires_grad=False`` and stay in
-            eval mode; only LoRA adapters (and downstream heads) train.
-        frozen_dtype (str): ``'float32'`` or ``'bfloat16'``: the frozen weights are kept
-            in bfloat16 (half the memory) and the backbone computes under bfloat16
-            autocast, while the LoRA adapters stay float32 parameters and the outputs
-            float32. Needs ``frozen=True``.
-        lora (dict, optional): LoRA adapters: ``rank``, ``alpha``, ``dropout``,
-            ``targets`` (any of ``'q'``, ``'k'``, ``'v'``, ``'qkv'``, ``'proj'``,
-            ``'fc1'``, ``'fc2'``; for SwiGLU ``'fc1'`` is ``w12``, ``'fc2'`` ``w3``)
-            and ``layers`` (block indices, default every block up to the last of
-            ``out_indices``; later blocks do not run, so adapters there are refused).
-        with_cp (bool): Activation checkpointing while training: each block keeps
-            its input and its attention output for the backward pass and recomputes
-            the rest (linear layers, norms, activations).
-        init_cfg (dict, optional): MMEngine initialisation config.
+        **kwargs: ``in_channels``, ``out_indices``, ``final_norm``,
+            ``drop_path_rate``, ``pretrained``, ``verify_pretrained``, ``frozen``,
+            ``frozen_dtype``, ``lora``, ``with_cp``, ``init_cfg``: see
+            :class:`DINOViTBase`. For the SwiGLU ViT-g, LoRA target ``'fc1'`` adapts
+            ``w12`` and ``'fc2'`` ``w3``.
     """
 
     family = 'DINOv2'
@@ -91,31 +67,17 @@ class DINOv2(DINOViTBase):
                  num_register_tokens: int = 0,
                  img_size: int = 518,
                  patch_size: int = 14,
-                 in_channels: int = 3,
-                 out_indices: Union[int, Sequence[int]] = -1,
-                 final_norm: bool = True,
-                 drop_path_rate: float = 0.0,
                  interpolate_antialias: Optional[bool] = None,
                  interpolate_offset: Optional[float] = None,
-                 pretrained: Optional[str] = None,
-                 verify_pretrained: bool = True,
-                 frozen: bool = True,
-                 frozen_dtype: str = 'float32',
-                 lora: Optional[Dict] = None,
-                 with_cp: bool = False,
-                 init_cfg: Optional[Dict] = None):
-        if not isinstance(num_register_tokens, int) or num_register_tokens < 0:
-            raise ValueError('num_register_tokens must be a non-negative int, '
-                             f'got {num_register_tokens!r}')
-        self.num_register_tokens = num_register_tokens
+                 **kwargs):
+        self.num_register_tokens = self._token_count('num_register_tokens',
+                                                     num_register_tokens)
         self.pos_grid = img_size // patch_size
         self.interpolate_antialias = (num_register_tokens > 0 if interpolate_antialias is None
                                       else interpolate_antialias)
         self.interpolate_offset = ((0.0 if num_register_tokens > 0 else 0.1)
                                    if interpolate_offset is None else interpolate_offset)
-        super().__init__(arch, patch_size, in_channels, out_indices, final_norm, drop_path_rate,
-                         pretrained, verify_pretrained, frozen, frozen_dtype, lora, with_cp,
-                         init_cfg)
+        super().__init__(arch, patch_size, **kwargs)
 
     def _build_tokens(self) -> None:
         C = self.embed_dims

@@ -1,5 +1,5 @@
 from functools import partial
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, Optional, Union
 
 import torch
 from mmseg.registry import MODELS
@@ -42,7 +42,7 @@ class DINOv3(DINOViTBase):
 
     Against :class:`DINOv2`: patches of 16 pixels, 4 storage (register) tokens after
     the class token, no learned position embedding but rotary positions (RoPE) on the
-    patch tokens' queries and keys in every block (sin/cos computed once per forward),
+    patch tokens' queries and keys in every block (sin/cos made once per grid),
     LayerNorm epsilon 1e-5, a qkv bias whose key third is masked to zero, and SwiGLU
     with separate ``w1``/``w2`` layers for S+, H+ and 7B. Training-only tensors of the
     official files (``mask_token``, the 7B's and SAT ViT-L's ``local_cls_norm``) are
@@ -57,13 +57,6 @@ class DINOv3(DINOViTBase):
             for :meth:`official_state_dict`; default False).
         num_storage_tokens (int): Storage (register) tokens after the class token.
         patch_size (int): Patch side in pixels.
-        in_channels (int): Image channels.
-        out_indices (int | Sequence[int]): Blocks whose outputs are returned;
-            negative indices count from the end.
-        final_norm (bool): Apply the final LayerNorm to every output.
-        drop_path_rate (float): Stochastic depth, rising linearly to this rate (the
-            official pretraining drops whole samples at one rate in every block).
-            Inactive while the backbone is frozen.
         rope_cfg (dict, optional): Overrides of the RoPE settings (see
             :class:`RopePositionEmbedding`): official ``base=100``,
             ``normalize_coords='separate'``; the training-time coordinate
@@ -72,23 +65,12 @@ class DINOv3(DINOViTBase):
             never act while the backbone is frozen (eval mode).
         mask_k_bias (bool): Keep the key third of the qkv bias at zero, as the official
             models do (a file's ``bias_mask`` is applied when it is loaded).
-        pretrained (str, optional): Local ``.pth``/``.pt``/``.safetensors`` file or
-            ``http(s)`` URL of an official-layout checkpoint, loaded at construction
-            into a model built on the meta device (one copy of the weights in memory).
-            None leaves random weights (with a warning).
-        verify_pretrained (bool): Refuse checkpoints whose adapters were trained on
-            other pretrained weights, as :class:`DINOv2` does.
-        frozen (bool): Pretrained weights get ``requires_grad=False`` and stay in
-            eval mode; only LoRA adapters (and downstream heads) train.
-        frozen_dtype (str): ``'float32'`` or ``'bfloat16'``: the frozen weights are kept
-            in bfloat16 (the 7B model: 13.4 GB instead of 27 GB) and the backbone
-            computes under bfloat16 autocast, while the LoRA adapters stay float32
-            parameters and the outputs float32. Needs ``frozen=True``.
-        lora (dict, optional): LoRA adapters as for :class:`DINOv2`; for SwiGLU
-            ``'fc1'`` adapts ``w1`` and ``w2`` (one adapter each), ``'fc2'`` ``w3``.
-        with_cp (bool): Activation checkpointing while training, as for
-            :class:`DINOv2`.
-        init_cfg (dict, optional): MMEngine initialisation config.
+        **kwargs: ``in_channels``, ``out_indices``, ``final_norm``,
+            ``drop_path_rate`` (the official pretraining drops whole samples at one
+            rate in every block), ``pretrained``, ``verify_pretrained``, ``frozen``,
+            ``frozen_dtype`` (bfloat16 keeps the 7B model in 13.4 GB instead of 27 GB),
+            ``lora`` (for SwiGLU ``'fc1'`` adapts ``w1`` and ``w2``, one adapter each,
+            ``'fc2'`` ``w3``), ``with_cp``, ``init_cfg``: see :class:`DINOViTBase`.
     """
 
     family = 'DINOv3'
@@ -111,29 +93,14 @@ class DINOv3(DINOViTBase):
                  arch: Union[str, Dict] = 'large',
                  num_storage_tokens: int = 4,
                  patch_size: int = 16,
-                 in_channels: int = 3,
-                 out_indices: Union[int, Sequence[int]] = -1,
-                 final_norm: bool = True,
-                 drop_path_rate: float = 0.0,
                  rope_cfg: Optional[Dict] = None,
                  mask_k_bias: bool = True,
-                 pretrained: Optional[str] = None,
-                 verify_pretrained: bool = True,
-                 frozen: bool = True,
-                 frozen_dtype: str = 'float32',
-                 lora: Optional[Dict] = None,
-                 with_cp: bool = False,
-                 init_cfg: Optional[Dict] = None):
-        if not isinstance(num_storage_tokens, int) or num_storage_tokens < 0:
-            raise ValueError('num_storage_tokens must be a non-negative int, '
-                             f'got {num_storage_tokens!r}')
-        self.num_storage_tokens = num_storage_tokens
+                 **kwargs):
+        self.num_storage_tokens = self._token_count('num_storage_tokens', num_storage_tokens)
         self.rope_cfg = dict(self.default_rope_cfg, **(rope_cfg or {}))
         self.mask_k_bias = mask_k_bias
-        super().__init__(arch, patch_size, in_channels, out_indices, final_norm, drop_path_rate,
-                         pretrained, verify_pretrained, frozen, frozen_dtype, lora, with_cp,
-                         init_cfg)
-        if mask_k_bias and not frozen:
+        super().__init__(arch, patch_size, **kwargs)
+        if mask_k_bias and not self.frozen:
             for block in self.blocks:
                 if block.attn.qkv.bias is not None:
                     block.attn.qkv.bias.register_hook(partial(_zero_key_rows, self.embed_dims))

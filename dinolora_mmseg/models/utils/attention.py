@@ -3,7 +3,7 @@
 Parameter names follow the official releases (``attn.qkv``, ``attn.proj``), so their
 checkpoints load without renaming.
 """
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -49,13 +49,25 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(embed_dims, embed_dims * 3, bias=qkv_bias)
         self.proj = nn.Linear(embed_dims, embed_dims)
 
-    def forward(self, x: torch.Tensor, norm: Optional[nn.Module] = None,
-                rope: Optional[Rope] = None) -> torch.Tensor:
+    def heads(self, x: torch.Tensor, norm: Optional[nn.Module] = None,
+              rope: Optional[Rope] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values, ``(B, num_heads, N, head_dims)`` each, with RoPE.
+
+        Args:
+            x (torch.Tensor): Tokens ``(B, N, C)``, before ``norm`` if one is given.
+            norm (nn.Module, optional): The block's norm before attention.
+            rope (Rope, optional): ``(sin, cos)`` for the patch tokens.
+        """
         B, N, C = x.shape
         qkv = linear_after_norm(self.qkv, x, norm).reshape(B, N, 3, self.num_heads,
                                                              C // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         if rope is not None:
             q, k = apply_rope(q, rope), apply_rope(k, rope)
-        x = F.scaled_dot_product_attention(q, k, v)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, norm: Optional[nn.Module] = None,
+                rope: Optional[Rope] = None) -> torch.Tensor:
+        B, N, C = x.shape
+        x = F.scaled_dot_product_attention(*self.heads(x, norm, rope))
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
