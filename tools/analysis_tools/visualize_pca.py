@@ -27,7 +27,7 @@ import torch
 from mmengine.config import DictAction
 from mmengine.device import get_device
 from mmengine.logging import print_log
-from mmengine.utils import ProgressBar
+from mmengine.utils import track_iter_progress
 from mmseg.apis import init_model
 
 from dinolora_mmseg.models.backbones import DINOv2, DINOv3
@@ -152,8 +152,7 @@ def extract_features(backbone: DINOViTBase, images: Sequence[np.ndarray], size: 
                          f'got {size}')
     device = next(backbone.parameters()).device
     features = []
-    progress = ProgressBar(len(images))
-    for image in images:
+    for image in track_iter_progress(list(images)):
         resized = mmcv.imresize(image, (size, size))
         if not normalisation.rgb:
             resized = mmcv.rgb2bgr(resized)
@@ -161,7 +160,6 @@ def extract_features(backbone: DINOViTBase, images: Sequence[np.ndarray], size: 
                              to_rgb=False)
         x = torch.from_numpy(x).permute(2, 0, 1)[None].to(device)
         features.append(backbone(x)[0][0].permute(1, 2, 0).float().cpu().numpy())
-        progress.update()
     return features
 
 

@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence
 
 import mmcv
 from mmengine.config import Config, DictAction
-from mmengine.utils import ProgressBar
+from mmengine.utils import track_iter_progress
 from mmseg.apis import MMSegInferencer
 
 import dinolora_mmseg  # noqa: F401  (registers the DINOv2 backbone)
@@ -85,11 +85,9 @@ def infer(images: Sequence[str], config: str, checkpoint: str, out_dir: str,
     if compile_model:
         compile_segmentor(inferencer.model)
     os.makedirs(out_dir, exist_ok=True)
-    progress = ProgressBar(len(images))
-    for image, out in zip(images, outputs):
+    for image, out in track_iter_progress(list(zip(images, outputs))):
         overlay = inferencer(image, return_vis=True, opacity=opacity)['visualization']
         atomic_write_image(out, overlay)
-        progress.update()
     return outputs
 
 
