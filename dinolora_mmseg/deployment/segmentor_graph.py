@@ -111,7 +111,7 @@ def strip_lora(model: nn.Module) -> int:
     for name, layer in layers:
         linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
                            device=layer.weight.device, dtype=layer.weight.dtype)
-        linear.weight.copy_(layer.unmerged_weight() + layer.delta_weight())
+        linear.weight.copy_(layer.merged_weight())
         if layer.bias is not None:
             linear.bias.copy_(layer.bias)
         linear.requires_grad_(False)

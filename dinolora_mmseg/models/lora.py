@@ -96,20 +96,33 @@ class LoRALinear(nn.Linear):
                 for i, (name, (start, end)) in enumerate(self.parts.items()))
         return a, b
 
-    def delta_weight(self) -> torch.Tensor:
-        """The update ``(alpha / r) * B @ A`` of ``weight`` from all adapters."""
-        a, b = self.lora_factors()
-        return self.scaling * b @ a
+    @torch.no_grad()
+    def _fold_update_into(self, weight: torch.Tensor, sign: int) -> torch.Tensor:
+        """Add (``sign=1``) or subtract (``sign=-1``) the adapters' update in place:
+        ``weight[start:end] += sign * (alpha / r) * B_part @ A_part`` for each part, with
+        the factors cast to ``weight``'s dtype. Rows no part adapts are left untouched;
+        no zero-padded factors and no full-size update tensor are allocated.
 
-    def _updated_weight(self) -> torch.Tensor:
-        """A copy of ``weight`` with each part's update added to its rows in place: no
-        zero-padded factors and no full-size update tensor, unlike ``weight +
-        delta_weight()``."""
-        weight = self.weight.clone()
+        Args:
+            weight (torch.Tensor): ``(out_features, in_features)``, changed in place.
+            sign (int): ``1`` to add the update, ``-1`` to take it out.
+
+        Returns:
+            torch.Tensor: ``weight``.
+        """
         for name, (start, end) in self.parts.items():
             weight[start:end].addmm_(self.lora_B[name].to(weight.dtype),
-                                     self.lora_A[name].to(weight.dtype), alpha=self.scaling)
+                                     self.lora_A[name].to(weight.dtype),
+                                     alpha=sign * self.scaling)
         return weight
+
+    def merged_weight(self) -> torch.Tensor:
+        """``weight`` with the adapters' update folded in, whether or not the layer is
+        merged: the weight of the same layer without LoRA. Detached; when merged it is
+        ``weight`` itself (not a copy), otherwise a new tensor."""
+        if self.merged:
+            return self.weight.detach()
+        return self._fold_update_into(self.weight.detach().clone(), 1)
 
     def _dropping(self) -> bool:
         return isinstance(self.lora_dropout, nn.Dropout) and self.lora_dropout.training
@@ -121,7 +134,7 @@ class LoRALinear(nn.Linear):
         if not (torch.is_grad_enabled() or self._dropping()):
             # Inference: one product with the updated weight costs less than the
             # adapter's two thin ones plus a pass over the output.
-            return F.linear(x, self._updated_weight(), self.bias)
+            return F.linear(x, self.merged_weight(), self.bias)
         a, b = self.lora_factors()
         x2d = x.reshape(-1, self.in_features)
         out = F.linear(x2d, self.weight, self.bias)
@@ -171,7 +184,7 @@ class LoRALinear(nn.Linear):
         """``weight`` without the adapters' update: the frozen pretrained weight."""
         if not self.merged:
             return self.weight.detach()
-        return (self.weight - self.delta_weight().to(self.weight.dtype)).detach()
+        return self._fold_update_into(self.weight.detach().clone(), -1)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         """State dicts hold the frozen weight unmerged (the pretrained weight plus the
@@ -211,18 +224,16 @@ class LoRALinear(nn.Linear):
         update and no pass of its own over ``out``."""
         return out.addmm_(update.to(out.dtype), b.t().to(out.dtype), alpha=self.scaling)
 
-    @torch.no_grad()
     def merge(self) -> None:
         """Fold the adapters into ``weight``; the forward then costs a plain linear."""
         if not self.merged:
-            self.weight += self.delta_weight().to(self.weight.dtype)
+            self._fold_update_into(self.weight, 1)
             self.merged = True
 
-    @torch.no_grad()
     def unmerge(self) -> None:
         """Take the adapters out of ``weight`` again."""
         if self.merged:
-            self.weight -= self.delta_weight().to(self.weight.dtype)
+            self._fold_update_into(self.weight, -1)
             self.merged = False
 
     def extra_repr(self) -> str:
@@ -292,6 +303,6 @@ def merged_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
     for name, layer in model.named_modules():
         key = f'{name}.weight' if name else 'weight'
         if isinstance(layer, LoRALinear) and key in state:
-            state[key] = layer.unmerged_weight() + layer.delta_weight().to(layer.weight.dtype)
+            state[key] = layer.merged_weight()
     return {k: v for k, v in state.items()
             if isinstance(v, torch.Tensor) and '.lora_' not in k}

@@ -4,7 +4,7 @@ from torch import nn
 
 from dinolora_mmseg.models import (DINOv2, LoRALinear, add_lora, merge_lora, merged_state_dict,
                                    unmerge_lora)
-from tests.helpers import TINY
+from tests.helpers import TINY, official_state_dict
 
 
 def randomise_adapters(model, seed=0, std=0.2):
@@ -189,6 +189,61 @@ def test_merge_and_unmerge(seed):
     assert (again - unmerged).abs().max() < 1e-5
     for n, p in model.named_parameters():
         assert torch.allclose(p, weights[n], atol=1e-6), n
+
+
+def test_merge_adds_each_parts_update_to_its_rows_and_unmerge_takes_it_out():
+    """On a fused qkv with q and v adapted: merge adds ``(alpha / r) B_part @ A_part``
+    (computed here in float64) to each part's rows, the k rows stay bit-identical
+    through merge and unmerge, and unmerge restores the weight up to float32 rounding."""
+    layer = LoRALinear(64, 192, {'q': (0, 64), 'v': (128, 192)}, rank=3, alpha=6)
+    randomise_adapters(nn.ModuleDict({'x': layer}))
+    original = layer.weight.detach().clone()
+    layer.merge()
+    assert layer.merged and torch.equal(layer.weight[64:128], original[64:128])
+    for name, (start, end) in layer.parts.items():
+        expected = 2.0 * layer.lora_B[name].double() @ layer.lora_A[name].double()
+        added = layer.weight[start:end].double() - original[start:end].double()
+        assert expected.abs().max() > 0.1  # updates as large as the weights (|W| < 0.125)
+        assert (added - expected).abs().max() < 1e-6, name
+    assert torch.equal(layer.merged_weight(), layer.weight)
+    assert torch.equal(layer.unmerged_weight()[64:128], original[64:128])
+    assert (layer.unmerged_weight() - original).abs().max() < 1e-7
+    layer.unmerge()
+    assert not layer.merged and torch.equal(layer.weight[64:128], original[64:128])
+    assert (layer.weight - original).abs().max() < 1e-7
+
+
+def test_merge_and_unmerge_bfloat16_frozen_weights(tmp_path):
+    """float32 adapters folded into bfloat16 frozen weights: the merged model computes
+    what the unmerged one does, and unmerge gives back each weight up to the rounding
+    of one bfloat16 addition and one subtraction (half an ulp, at most 2**-8 of the
+    rounded result, each)."""
+    torch.save(official_state_dict(64, 3), tmp_path / 'w.pth')
+    model = DINOv2(arch=TINY, pretrained=str(tmp_path / 'w.pth'), frozen_dtype='bfloat16',
+                   lora=dict(rank=3, alpha=6, targets=('q', 'v', 'fc1'))).eval()
+    randomise_adapters(model, std=0.05)
+    layers = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    originals = [layer.weight.detach().clone() for layer in layers]
+    assert {w.dtype for w in originals} == {torch.bfloat16}
+    x = torch.randn(2, 3, 42, 56)
+    with torch.no_grad():
+        unmerged = model(x)[0]
+        model.merge_lora()
+        merged_weights = [layer.weight.detach().clone() for layer in layers]
+        merged = model(x)[0]
+        model.unmerge_lora()
+        again = model(x)[0]
+    # The unmerged inference path folds into a copy exactly as merge folds in place.
+    assert torch.equal(merged, unmerged)
+    for layer, original, folded in zip(layers, originals, merged_weights):
+        assert not torch.equal(folded, original)
+        restored = layer.weight.float()
+        bound = 2.0**-8 * (folded.float().abs() + restored.abs())
+        assert ((restored - original.float()).abs() <= bound).all()
+    # Weights off by at most one bfloat16 rounding, as storing them in bfloat16 already
+    # is: the outputs move far less than bfloat16 weights against float32 ones do
+    # (measured 0.05 % here, 0 for most seeds, against 0.5 %).
+    assert (again - unmerged).norm() / unmerged.norm() < 2e-3
 
 
 def merged_model(seed=0, **kwargs):

@@ -257,8 +257,7 @@ class DINOViTBase(FrozenPretrainedMixin, BaseModule):
                  chain(self.named_parameters(), self.named_buffers()) if '.lora_' not in name}
         for name, layer in self.named_modules():
             if isinstance(layer, LoRALinear):
-                weight = layer.unmerged_weight()
-                state[f'{name}.weight'] = weight + layer.delta_weight().to(weight.dtype)
+                state[f'{name}.weight'] = layer.merged_weight()
         return self._to_official(state)
 
     def train(self, mode: bool = True) -> 'DINOViTBase':
