@@ -29,7 +29,12 @@ def test_config_builds_its_model(path):
         model = MODELS.build(cfg.model)
     backbone = model.backbone
     assert type(backbone).__name__ in ('DINOv2', 'DINOv3', 'LoRABackbone')
-    assert all('.lora_' in n for n, p in backbone.named_parameters() if p.requires_grad)
+    # What trains in a backbone: LoRA adapters and a spatial prior, never a frozen weight.
+    assert all('.lora_' in n or n.startswith('spatial_prior.')
+               for n, p in backbone.named_parameters() if p.requires_grad)
+    prior = cfg.model.backbone.get('spatial_prior')
+    if prior is not None:
+        assert tuple(cfg.model.neck.prior_channels) == backbone.spatial_prior.out_channels
     lora = cfg.model.backbone.get('lora')
     assert any('.lora_' in n for n, _ in backbone.named_parameters()) == (lora is not None)
     classes = 150 if 'ade20k' in path else 21

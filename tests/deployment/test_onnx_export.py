@@ -1,6 +1,6 @@
 """ONNX export of tiny DINOv2 (with and without registers) and DINOv3 segmentors, linear
-and FPN heads: onnxruntime against the PyTorch model as MMSeg runs it, LoRA folded in,
-at a non-square fixed size and with --dynamic."""
+and FPN heads (also with a spatial prior): onnxruntime against the PyTorch model as MMSeg
+runs it, LoRA folded in, at a non-square fixed size and with --dynamic."""
 import os.path as osp
 
 import numpy as np
@@ -24,6 +24,8 @@ CONFIGS = {
     'dinov2_reg4': ('configs/demo/dinov2_lora_voc_demo.py', {}),
     'dinov3': ('configs/demo/dinov3_lora_voc_demo.py', {}),
     'dinov2_reg4_fpn': ('configs/dinov2_lora_fpn_voc.py', dict(out_indices=(0, 1, 2))),
+    'dinov2_reg4_prior_fpn': ('configs/dinov2_lora_fpn_voc.py',
+                              dict(out_indices=(0, 1, 2, 2), spatial_prior=dict(channels=8))),
 }
 
 
@@ -31,7 +33,11 @@ def tiny_config(name):
     path, backbone = CONFIGS[name]
     cfg = Config.fromfile(osp.join(ROOT, path))
     cfg.model.backbone.update(arch=dict(TINY), pretrained=None, **backbone)
-    if name.endswith('fpn'):
+    if name.endswith('prior_fpn'):  # the spatial prior's maps at strides 4 to 32
+        cfg.model.neck.update(in_channels=TINY['embed_dims'], out_channels=16, num_inputs=4,
+                              prior_channels=(8, 16, 32, 32))
+        cfg.model.decode_head.update(in_channels=[16] * 4, channels=8)
+    elif name.endswith('fpn'):
         cfg.model.neck.update(in_channels=TINY['embed_dims'], out_channels=16, num_inputs=3,
                               strides=(8, 16, 32))
         cfg.model.decode_head.update(in_channels=[16] * 3, in_index=[0, 1, 2], channels=8,
@@ -104,9 +110,11 @@ def test_fixed_size_export_equals_pytorch_with_lora_folded(exported):
         expected_floats -= backbone.rope_embed.periods.numel()
     else:  # the position embedding is resized to the grid once
         expected_floats += (1 + h * w - backbone.pos_embed.shape[1]) * TINY['embed_dims']
-    if name.endswith('fpn'):  # each BN's 4 vectors become the bias of the convolution before it
-        bn = [v for k, v in state.items() if 'running_mean' in k]
-        expected_floats -= 3 * sum(v.numel() for v in bn)
+    if name.endswith('fpn'):  # each BN's 4 vectors become the bias of the convolution before
+        # it, or go into the bias that convolution has (ViTFPN's transposed convolutions)
+        for key, value in state.items():
+            if 'running_mean' in key:
+                expected_floats -= (4 if key.startswith('neck.rescales.') else 3) * value.numel()
     assert floats == expected_floats
 
 
@@ -115,7 +123,8 @@ def test_dynamic_export_runs_at_other_sizes_or_names_the_operator(exported):
     divisor = graph.segmentor.backbone.patch_size
     images = sample_images((3 * divisor, 5 * divisor), 2)
     unsupported = {'dinov2': r'aten::upsample_bicubic2d with a scale factor',
-                   'dinov2_reg4_fpn': r'decode_head.scale_heads.1.1 \(mmseg Upsample'}
+                   'dinov2_reg4_fpn': r'decode_head.scale_heads.1.1 \(mmseg Upsample',
+                   'dinov2_reg4_prior_fpn': r'decode_head.scale_heads.1.1 \(mmseg Upsample'}
     if exported['name'] in unsupported:
         with pytest.raises(ValueError, match=unsupported[exported['name']]):
             export_onnx(graph, images, dynamic=True, size_divisor=divisor)

@@ -15,7 +15,7 @@ from mmseg.structures import SegDataSample
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from dinolora_mmseg.models import DINOv2
-from dinolora_mmseg.models.backbones.dino_vit_base import ATTENTION_OPS
+from dinolora_mmseg.models.utils.checkpoint_attention import ATTENTION_OPS
 from tests.helpers import ROOT, TINY, write_tiny_config
 
 # bfloat16 autocast against float32 (bfloat16 keeps 8 bits of mantissa), torch 2.14.1,

@@ -16,8 +16,10 @@ from mmseg.structures import SegDataSample
 from tests.helpers import ROOT
 
 CONFIGS = ['dinov2_lora_mask2former_ade20k.py', 'dinov2_lora_mask2former_voc.py',
-           'dinov3_lora_mask2former_ade20k.py', 'dinov3_lora_mask2former_voc.py']
+           'dinov3_lora_mask2former_ade20k.py', 'dinov3_lora_mask2former_voc.py',
+           'dinov2_lora_mask2former_prior_ade20k.py', 'dinov3_lora_mask2former_prior_ade20k.py']
 DEMO = 'demo/dinov2_lora_mask2former_voc_demo.py'
+DEMO_PRIOR = 'demo/dinov2_lora_mask2former_prior_voc_demo.py'
 
 
 def build(name: str, embed_dims: int, num_layers: int, **backbone):
@@ -66,6 +68,9 @@ def test_config_trains_and_predicts(name):
     loss.backward()
     lora = [p for n, p in model.backbone.named_parameters() if '.lora_B.' in n]
     assert lora and all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora)
+    if model.backbone.spatial_prior is not None:  # starts at zero: its projections learn
+        projections = list(model.neck.prior_projections.parameters())
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in projections)
     model.eval()
     padded = torch.zeros(2, 3, 5 * patch, 6 * patch)
     padded[:, :, :4 * patch] = images
@@ -92,13 +97,20 @@ def train_steps(cfg, model, steps: int):
     return losses
 
 
-def test_training_on_a_fixed_batch_lowers_the_loss():
-    """The demo config's tiny head and its optimizer (AdamW, gradient clipping)."""
+@pytest.mark.parametrize('name', [DEMO, DEMO_PRIOR])
+def test_training_on_a_fixed_batch_lowers_the_loss(name):
+    """The demo config's tiny head and its optimizer (AdamW, gradient clipping); with the
+    spatial prior, its stem trains too once its projections have left zero."""
     torch.manual_seed(0)
-    cfg, model = build(DEMO, embed_dims=64, num_layers=4, out_indices=(0, 1, 2, 3))
+    cfg, model = build(name, embed_dims=64, num_layers=4, out_indices=(0, 1, 2, 3))
+    stem = [p.detach().clone() for p in model.backbone.spatial_prior.parameters()
+            ] if name == DEMO_PRIOR else []
     losses = train_steps(cfg, model, 6)
     assert all(math.isfinite(v) for v in losses), losses
     assert losses[-1] < 0.8 * losses[0], losses
+    if stem:
+        assert all(not torch.equal(p, q) for p, q in
+                   zip(model.backbone.spatial_prior.parameters(), stem))
 
 
 def test_activation_checkpointing_gives_the_same_gradients():

@@ -19,10 +19,9 @@ TINY_ARCH = 'dict(_delete_=True, embed_dims=128, num_layers=4, num_heads=2)'
 ITERS = 100
 
 
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-    """The demo config with the tiny ViT, trained for ``ITERS`` iterations."""
-    root = tmp_path_factory.mktemp('mask2former_demo')
+def train_tiny(root, demo: str, iters: int):
+    """``configs/demo/<demo>`` with the tiny ViT on fresh demo data, trained for ``iters``
+    iterations under ``root``."""
     run_tool(PYTHON, 'tools/misc/make_demo_data.py', root / 'data', '--format', 'voc',
              '--num-train', 24, '--num-val', 8)
     weights = root / 'dinov2_tiny_reg4_pretrain.pth'
@@ -32,20 +31,34 @@ def trained(tmp_path_factory):
     loader = ('dict(batch_size={}, num_workers=0, persistent_workers=False, '
               'dataset=dict(data_root=data_root))')
     config.write_text('\n'.join([
-        f"_base_ = '{osp.join(ROOT, 'configs/demo/dinov2_lora_mask2former_voc_demo.py')}'",
+        f"_base_ = '{osp.join(ROOT, 'configs/demo', demo)}'",
         f"data_root = '{voc}'",
         f'train_dataloader = {loader.format(8)}',
         f'val_dataloader = {loader.format(1)}',
         'test_dataloader = val_dataloader',
         f"model = dict(backbone=dict(arch={TINY_ARCH}, out_indices=(0, 1, 2, 3), "
         f"pretrained='{weights}'), neck=dict(in_channels=128))",
-        f'train_cfg = dict(max_iters={ITERS}, val_interval={ITERS})',
-        f'default_hooks = dict(checkpoint=dict(interval={ITERS}))']) + '\n')
+        f'train_cfg = dict(max_iters={iters}, val_interval={iters})',
+        f'default_hooks = dict(checkpoint=dict(interval={iters}))']) + '\n')
     train = run_tool(PYTHON, 'tools/train.py', config, '--work-dir', root / 'work')
     names = (voc / 'ImageSets/Segmentation/val.txt').read_text().split()
     return dict(root=root, voc=voc, config=config, weights=weights, train=train,
-                checkpoint=root / 'work' / f'iter_{ITERS}.pth',
+                checkpoint=root / 'work' / f'iter_{iters}.pth',
                 images=[voc / 'JPEGImages' / f'{name}.jpg' for name in names[:2]])
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    """The demo config with the tiny ViT, trained for ``ITERS`` iterations."""
+    return train_tiny(tmp_path_factory.mktemp('mask2former_demo'),
+                      'dinov2_lora_mask2former_voc_demo.py', ITERS)
+
+
+@pytest.fixture(scope='module')
+def trained_with_prior(tmp_path_factory):
+    """The demo config with a spatial prior and the tiny ViT, trained for 10 iterations."""
+    return train_tiny(tmp_path_factory.mktemp('mask2former_prior_demo'),
+                      'dinov2_lora_mask2former_prior_voc_demo.py', 10)
 
 
 def test_demo_config_learns(trained):
@@ -68,7 +81,29 @@ def test_checkpoint_holds_only_what_trains(trained):
     assert sum(v.numel() for v in state.values()) == int(trainable.replace(',', ''))
 
 
-def test_test_and_dist_test_agree(trained):
+def test_checkpoint_with_a_spatial_prior_holds_it_and_its_statistics(trained_with_prior):
+    trained = trained_with_prior
+    state = torch.load(trained['checkpoint'], weights_only=True)['state_dict']
+    state.pop('backbone._extra_state')
+    backbone = {k for k in state if k.startswith('backbone.')}
+    lora = {f'backbone.blocks.{i}.attn.qkv.lora_{m}.{t}' for i in range(4) for m in 'AB'
+            for t in 'qv'}
+    prior = backbone - lora
+    assert lora <= backbone and prior and all(k.startswith('backbone.spatial_prior.')
+                                              for k in prior)
+    statistics = {k for k in prior if k.endswith(('running_mean', 'running_var',
+                                                   'num_batches_tracked'))}
+    assert len(statistics) == 3 * 6  # six convolutions, each with its BatchNorm
+    # the statistics moved from BatchNorm's initial zeros and ones: they were trained
+    assert all(state[k].abs().sum() > 0 for k in statistics if k.endswith('running_mean'))
+    trainable = re.search(r'([\d,]+) trainable', trained['train']).group(1)
+    assert sum(v.numel() for k, v in state.items() if k not in statistics) == int(
+        trainable.replace(',', ''))
+
+
+@pytest.mark.parametrize('name', ['trained', 'trained_with_prior'])
+def test_test_and_dist_test_agree(name, request):
+    trained = request.getfixturevalue(name)
     root, config, checkpoint = trained['root'], trained['config'], trained['checkpoint']
     val = logged_metrics(trained['train'], 'val')
     single = logged_metrics(run_tool(PYTHON, 'tools/test.py', config, checkpoint,

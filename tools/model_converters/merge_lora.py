@@ -11,7 +11,8 @@ OUT loads with the same config and ``lora=None`` and predicts what CKPT predicts
 (``dinov2_vit*14[_reg4]_pretrain.pth``, ``dinov3_vit*16*_pretrain_*.pth``; the tensors the
 official models use only in pretraining, such as ``mask_token``, set to neutral values),
 readable by anything that reads the official files, e.g. ``DINOv2(pretrained=OUT)``,
-``DINOv3(pretrained=OUT)`` or timm. A ``.safetensors`` OUT carries a CRC-32 of its data in
+``DINOv3(pretrained=OUT)`` or timm; a backbone's spatial prior is not part of that layout
+and is left out (the tool says so). A ``.safetensors`` OUT carries a CRC-32 of its data in
 its metadata, checked where it loads.
 """
 import argparse
@@ -72,6 +73,11 @@ def main():
                              f'backbone of {args.config} is {type(model.backbone).__name__}')
         obj = model.backbone.official_state_dict()
         use = f'official {model.backbone.family} layout'
+        if model.backbone.spatial_prior is not None:
+            count = sum(p.numel() for p in model.backbone.spatial_prior.parameters())
+            use += (f'; its spatial prior ({count:,} parameters) is left out, the official '
+                    'layout has no place for it: the full merged checkpoint (without '
+                    '--backbone-only) keeps it')
     else:
         use = 'load it with the same config and model.backbone.lora=None'
         state = merged_state_dict(model)

@@ -1,7 +1,6 @@
 """What the DINOv2 and DINOv3 backbones share: blocks, outputs, LoRA, frozen weights."""
 import logging
 from contextlib import nullcontext
-from functools import partial
 from itertools import chain
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
@@ -10,28 +9,12 @@ import torch.nn.functional as F
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch import nn
-from torch.utils.checkpoint import (CheckpointPolicy, checkpoint,
-                                    create_selective_checkpoint_contexts)
 
 from ..lora import LoRALinear, add_lora, merge_lora, train_adapters_only, unmerge_lora
-from ..utils import Block, PatchEmbed, Rope
+from ..utils import Block, PatchEmbed, Rope, SpatialPrior, checkpoint_keeping_attention
 from .frozen_pretrained import FrozenPretrainedMixin
 
-# Attention kernels whose outputs activation checkpointing keeps: attention is the
-# costliest part of a block to recompute (most of it at high resolution) and its
-# output is one token-width tensor, a small part of what a block holds for backward.
-ATTENTION_OPS = frozenset(
-    getattr(torch.ops.aten, name).default for name in (
-        '_scaled_dot_product_flash_attention_for_cpu', '_scaled_dot_product_flash_attention',
-        '_scaled_dot_product_efficient_attention', '_scaled_dot_product_cudnn_attention')
-    if hasattr(torch.ops.aten, name))
 FROZEN_DTYPES = {'float32': None, 'bfloat16': torch.bfloat16}
-
-
-def _keep_attention(ctx, op, *args, **kwargs) -> CheckpointPolicy:
-    """Selective checkpointing policy: save attention outputs, recompute the rest."""
-    return (CheckpointPolicy.MUST_SAVE if op in ATTENTION_OPS
-            else CheckpointPolicy.PREFER_RECOMPUTE)
 
 
 class DINOViTBase(FrozenPretrainedMixin, BaseModule):
@@ -75,6 +58,12 @@ class DINOViTBase(FrozenPretrainedMixin, BaseModule):
         with_cp (bool): Activation checkpointing while training: each block keeps
             its input and its attention output for the backward pass and recomputes
             the rest (linear layers, norms, activations).
+        spatial_prior (dict, optional): Arguments of a :class:`SpatialPrior`
+            (``channels``, ``norm_cfg``, ``act_cfg``): a small trainable convolutional
+            stem on the image whose four maps (strides 4, 8, 16, 32) follow the ViT
+            outputs, for :class:`ViTFPN` with ``prior_channels``. It trains (and follows
+            train/eval mode) while the ViT is frozen, is saved in checkpoints, and is
+            not part of the official layout (:meth:`official_state_dict`).
         init_cfg (dict, optional): MMEngine initialisation config.
     """
 
@@ -97,6 +86,7 @@ class DINOViTBase(FrozenPretrainedMixin, BaseModule):
                  frozen_dtype: str = 'float32',
                  lora: Optional[Dict] = None,
                  with_cp: bool = False,
+                 spatial_prior: Optional[Dict] = None,
                  init_cfg: Optional[Dict] = None):
         super().__init__(init_cfg=init_cfg)
         self.arch_settings = arch = self._arch_settings(arch)
@@ -146,6 +136,8 @@ class DINOViTBase(FrozenPretrainedMixin, BaseModule):
             (name for name, _ in self.named_buffers())))
         if lora is not None:
             self._add_lora(**lora)
+        self.spatial_prior = (None if spatial_prior is None
+                              else SpatialPrior(in_channels, **spatial_prior))
         self._register_state_dict_hook(self._drop_restorable_weights)
         self._register_load_state_dict_pre_hook(self._check_and_complete, with_module=False)
 
@@ -254,15 +246,22 @@ class DINOViTBase(FrozenPretrainedMixin, BaseModule):
         """Every weight under the official release's key names, LoRA adapters folded in:
         a file that the official code and ``pretrained=`` load as they load a release."""
         state = {name: tensor.detach() for name, tensor in
-                 chain(self.named_parameters(), self.named_buffers()) if '.lora_' not in name}
+                 chain(self.named_parameters(), self.named_buffers())
+                 if '.lora_' not in name and not name.startswith('spatial_prior.')}
         for name, layer in self.named_modules():
             if isinstance(layer, LoRALinear):
                 state[f'{name}.weight'] = layer.merged_weight()
         return self._to_official(state)
 
     def train(self, mode: bool = True) -> 'DINOViTBase':
-        """Keep frozen weights in eval mode; LoRA dropout follows ``mode``."""
-        return train_adapters_only(self, mode) if self.frozen else super().train(mode)
+        """Keep frozen weights in eval mode; LoRA dropout and the spatial prior follow
+        ``mode``."""
+        if not self.frozen:
+            return super().train(mode)
+        train_adapters_only(self, mode)
+        if self.spatial_prior is not None:
+            self.spatial_prior.train(mode)
+        return self
 
     def _warn_padding(self, height: int, width: int) -> None:
         if self._warned_padding:
@@ -287,6 +286,7 @@ class DINOViTBase(FrozenPretrainedMixin, BaseModule):
         if (h * p, w * p) != (H, W):
             self._warn_padding(H, W)
             x = F.pad(x, (0, w * p - W, 0, h * p - H))
+        image = x
         # bfloat16 frozen weights compute in bfloat16; adapters stay float32 parameters.
         with (torch.autocast(x.device.type, dtype=self.frozen_dtype)
               if self.frozen_dtype is not None else nullcontext()):
@@ -297,13 +297,14 @@ class DINOViTBase(FrozenPretrainedMixin, BaseModule):
             checkpointed = self.with_cp and self.training and torch.is_grad_enabled()
             for index, block in enumerate(self.blocks[:max(self.out_indices) + 1]):
                 if checkpointed:
-                    x = checkpoint(block, x, rope, use_reentrant=False,
-                                   context_fn=partial(create_selective_checkpoint_contexts,
-                                                      _keep_attention))
+                    x = checkpoint_keeping_attention(block, x, rope)
                 else:
                     x = block(x, rope)
                 if index in self.out_indices:
                     out = self.norm(x) if self.final_norm else x
                     out = out[:, self.num_prefix_tokens:].transpose(1, 2).reshape(B, -1, h, w)
                     features[index] = out.float() if self.frozen_dtype is not None else out
-        return tuple(features[index] for index in self.out_indices)
+        outputs = tuple(features[index] for index in self.out_indices)
+        if self.spatial_prior is not None:
+            outputs += tuple(self.spatial_prior(image))
+        return outputs

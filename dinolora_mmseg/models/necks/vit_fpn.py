@@ -18,7 +18,11 @@ class ViTFPN(BaseModule):
     activation between them) or max-pooled, to the power of two nearest its scale, and
     then resized to exactly ``ceil(patch_size * grid / stride)`` so that every level
     covers the whole input image. MMSeg's :class:`FPN` then fuses the levels top-down.
-    Outputs feed ``FPNHead``, ``UPerHead`` or :class:`LinearHead`.
+    Outputs feed ``FPNHead``, ``UPerHead``, ``Mask2FormerHead`` or :class:`LinearHead`.
+
+    With ``prior_channels``, the backbone's outputs end with one spatial-prior map per
+    level (``DINOv2(spatial_prior=...)``); each is added to its level through a 1x1
+    convolution that starts at zero, so training starts from the plain pyramid.
 
     Args:
         in_channels (int): Width of the ViT outputs.
@@ -26,6 +30,9 @@ class ViTFPN(BaseModule):
         num_inputs (int): 1 (every level from the same output) or one output per level.
         patch_size (int): Stride of the ViT outputs in pixels.
         strides (Sequence[int]): Strides of the pyramid levels in pixels.
+        prior_channels (Sequence[int]): Widths of the spatial-prior maps that follow the
+            ViT outputs, one per level (``SpatialPrior.out_channels``: ``(c, 2c, 4c,
+            4c)`` for ``spatial_prior=dict(channels=c)``); empty for none.
         norm_cfg (dict): Normalisation between transposed convolutions and in the FPN.
         act_cfg (dict): Activation between transposed convolutions.
         init_cfg (dict, optional): MMEngine initialisation config.
@@ -37,6 +44,7 @@ class ViTFPN(BaseModule):
                  num_inputs: int = 1,
                  patch_size: int = 14,
                  strides: Sequence[int] = (4, 8, 16, 32),
+                 prior_channels: Sequence[int] = (),
                  norm_cfg: Dict = dict(type='BN', requires_grad=True),
                  act_cfg: Dict = dict(type='GELU'),
                  init_cfg=None):
@@ -44,7 +52,11 @@ class ViTFPN(BaseModule):
         if num_inputs not in (1, len(strides)):
             raise ValueError(f'ViTFPN takes 1 input or one per level ({len(strides)}), '
                              f'got num_inputs={num_inputs}')
+        if prior_channels and len(prior_channels) != len(strides):
+            raise ValueError(f'ViTFPN prior_channels needs one width per level '
+                             f'({len(strides)}), got {list(prior_channels)}')
         self.num_inputs = num_inputs
+        self.prior_channels = tuple(prior_channels)
         self.patch_size = patch_size
         self.strides = tuple(strides)
         self.rescales = nn.ModuleList()
@@ -62,13 +74,18 @@ class ViTFPN(BaseModule):
                 layers.append(nn.MaxPool2d(2**-steps))
             self.rescales.append(nn.Sequential(*layers))
             level_channels.append(width)
+        self.prior_projections = nn.ModuleList(
+            nn.Conv2d(prior, level, 1) for prior, level in zip(prior_channels, level_channels))
+        for projection in self.prior_projections:
+            nn.init.zeros_(projection.weight)
+            nn.init.zeros_(projection.bias)
         self.fpn = MODELS.build(
             dict(type='FPN', in_channels=level_channels, out_channels=out_channels,
                  num_outs=len(self.strides), norm_cfg=norm_cfg))
 
     def forward(self, inputs: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
-        if len(inputs) != self.num_inputs:
-            raise ValueError(f'ViTFPN expects {self.num_inputs} input(s), got {len(inputs)}')
+        self._check_inputs(inputs)
+        priors = inputs[self.num_inputs:]
         height, width = (self.patch_size * s for s in inputs[0].shape[-2:])
         levels: List[torch.Tensor] = []
         for i, (stride, rescale) in enumerate(zip(self.strides, self.rescales)):
@@ -77,5 +94,23 @@ class ViTFPN(BaseModule):
             # (an exact copy then): an ONNX export with symbolic sizes (whose integer
             # division truncates, and which keeps one side of a branch on sizes) stays exact.
             size = ((height + stride - 1) // stride, (width + stride - 1) // stride)
-            levels.append(F.interpolate(x, size=size, mode='bilinear', align_corners=False))
+            x = F.interpolate(x, size=size, mode='bilinear', align_corners=False)
+            if priors:
+                prior = F.interpolate(priors[i], size=size, mode='bilinear', align_corners=False)
+                x = x + self.prior_projections[i](prior)
+            levels.append(x)
         return self.fpn(levels)
+
+    def _check_inputs(self, inputs: Sequence[torch.Tensor]) -> None:
+        expected = self.num_inputs + len(self.prior_channels)
+        if len(inputs) != expected:
+            prior = (f' and {len(self.prior_channels)} spatial-prior maps (backbone '
+                     'spatial_prior=...)' if self.prior_channels else '')
+            raise ValueError(f'ViTFPN expects {self.num_inputs} ViT output(s){prior}: '
+                             f'{expected} inputs, got {len(inputs)}')
+        for i, width in enumerate(self.prior_channels):
+            got = inputs[self.num_inputs + i].shape[1]
+            if got != width:
+                raise ValueError(f'ViTFPN prior_channels[{i}] is {width}, but spatial-prior map '
+                                 f'{i} has {got} channels; set prior_channels to the backbone\'s '
+                                 'spatial_prior out_channels (c, 2c, 4c, 4c)')

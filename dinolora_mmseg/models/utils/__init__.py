@@ -1,10 +1,13 @@
 from .attention import Attention, linear_after_norm
 from .block import Block, LayerScale
+from .checkpoint_attention import checkpoint_keeping_attention
 from .ffn import FusedSwiGLUFFN, Mlp, SwiGLUFFN, swiglu_hidden_dims
 from .patch_embed import PatchEmbed
 from .rope import Rope, RopePositionEmbedding, apply_rope
+from .spatial_prior import SpatialPrior
 
 __all__ = [
     'Attention', 'Block', 'FusedSwiGLUFFN', 'LayerScale', 'Mlp', 'PatchEmbed', 'Rope',
-    'RopePositionEmbedding', 'SwiGLUFFN', 'apply_rope', 'linear_after_norm', 'swiglu_hidden_dims'
+    'RopePositionEmbedding', 'SpatialPrior', 'SwiGLUFFN', 'apply_rope',
+    'checkpoint_keeping_attention', 'linear_after_norm', 'swiglu_hidden_dims'
 ]

@@ -126,3 +126,51 @@ def test_nothing_to_merge(lora_checkpoint, tmp_path):
     assert result.returncode != 0
     assert 'builds a model without LoRA adapters: nothing to merge' in result.stderr
     assert not (tmp_path / 'out.pth').exists()
+
+
+def test_spatial_prior_stays_in_the_merged_checkpoint_and_is_named_when_left_out(tmp_path):
+    """A LoRA + spatial prior + FPN model: the merged file predicts what it predicts without
+    LoRA; ``--backbone-only`` writes the official layout and says that the prior is not in it."""
+    weights = tmp_path / 'tiny_reg4.pth'
+    torch.save(official_state_dict(64, 2, 4), weights)
+    config = tmp_path / 'prior_fpn.py'
+    config.write_text('\n'.join([
+        f"_base_ = '{osp.join(ROOT, 'configs/dinov2_lora_fpn_voc.py')}'",
+        'model = dict(',
+        "    backbone=dict(arch=dict(_delete_=True, embed_dims=64, num_layers=2, num_heads=2),",
+        f"                  out_indices=(0, 1, 1, 1), pretrained='{weights}',",
+        '                  spatial_prior=dict(channels=8)),',
+        '    neck=dict(in_channels=64, out_channels=16, prior_channels=(8, 16, 32, 32)),',
+        '    decode_head=dict(in_channels=[16] * 4, channels=8))']) + '\n')
+    model = build(config)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, tensor in model.state_dict(keep_vars=True).items():
+            if name.startswith('backbone.spatial_prior.') and 'running_var' in name:
+                tensor.uniform_(0.5, 1.5)
+            elif tensor.requires_grad or 'running_mean' in name:
+                tensor.normal_(0, 0.2)
+    torch.save(dict(state_dict=model.state_dict()), tmp_path / 'lora.pth')
+
+    def full_logits(segmentor, x):
+        with torch.no_grad():
+            return segmentor.decode_head(segmentor.neck(segmentor.backbone(x)))
+
+    run_tool(PYTHON, TOOL, config, tmp_path / 'lora.pth', tmp_path / 'merged.pth')
+    merged = build(config, lora=None)
+    load_checkpoint(merged, str(tmp_path / 'merged.pth'), map_location='cpu', strict=True)
+    x = torch.randn(2, 3, 56, 84)
+    reference = full_logits(model, x)
+    assert (full_logits(merged, x) - reference).abs().max() < 1e-5
+    without_prior = {k: v for k, v in merged.state_dict().items()
+                     if not k.startswith('backbone.spatial_prior.')}
+    again = build(config, lora=None)
+    again.load_state_dict(without_prior, strict=False)
+    assert (full_logits(again, x) - reference).abs().max() > 1e-3  # the prior mattered
+
+    output = run_tool(PYTHON, TOOL, config, tmp_path / 'lora.pth', tmp_path / 'backbone.pth',
+                      '--backbone-only')
+    count = sum(p.numel() for p in model.backbone.spatial_prior.parameters())
+    assert f'spatial prior ({count:,} parameters) is left out' in output
+    state = torch.load(tmp_path / 'backbone.pth', weights_only=True)
+    assert state.keys() == official_state_dict(64, 2, 4).keys()

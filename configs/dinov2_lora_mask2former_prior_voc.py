@@ -1,0 +1,6 @@
+# dinov2_lora_mask2former_voc.py with the spatial prior of
+# dinov2_lora_mask2former_prior_ade20k.py.
+_base_ = './dinov2_lora_mask2former_voc.py'
+model = dict(
+    backbone=dict(spatial_prior=dict(channels=64, norm_cfg=dict(type='SyncBN'))),
+    neck=dict(prior_channels=(64, 128, 256, 256)))

@@ -1,0 +1,34 @@
+"""Activation checkpointing that keeps attention outputs and recomputes the rest."""
+from functools import partial
+from typing import Callable
+
+import torch
+from torch.utils.checkpoint import (CheckpointPolicy, checkpoint,
+                                    create_selective_checkpoint_contexts)
+
+# Attention kernels whose outputs activation checkpointing keeps: attention is the
+# costliest part of a block to recompute (most of it at high resolution) and its
+# output is one token-width tensor, a small part of what a block holds for backward.
+ATTENTION_OPS = frozenset(
+    getattr(torch.ops.aten, name).default for name in (
+        '_scaled_dot_product_flash_attention_for_cpu', '_scaled_dot_product_flash_attention',
+        '_scaled_dot_product_efficient_attention', '_scaled_dot_product_cudnn_attention')
+    if hasattr(torch.ops.aten, name))
+
+
+def _keep_attention(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    """Selective checkpointing policy: save attention outputs, recompute the rest."""
+    return (CheckpointPolicy.MUST_SAVE if op in ATTENTION_OPS
+            else CheckpointPolicy.PREFER_RECOMPUTE)
+
+
+def checkpoint_keeping_attention(function: Callable, *args):
+    """``function(*args)`` under activation checkpointing: for the backward pass it keeps
+    its inputs and the outputs of attention kernels, and recomputes everything else.
+
+    Args:
+        function (Callable): A block or any function of tensors.
+        *args: Its arguments.
+    """
+    return checkpoint(function, *args, use_reentrant=False,
+                      context_fn=partial(create_selective_checkpoint_contexts, _keep_attention))

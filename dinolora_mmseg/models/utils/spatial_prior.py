@@ -1,0 +1,54 @@
+from typing import Dict, List, Tuple
+
+import torch
+from mmcv.cnn import ConvModule
+from mmengine.model import BaseModule
+from torch import nn
+
+
+class SpatialPrior(BaseModule):
+    """A small convolutional stem that sees the image at strides 4, 8, 16 and 32.
+
+    A plain ViT sees the image only through its 14- or 16-pixel patches; this stem adds
+    the local detail of a few convolutions at the strides of a pixel decoder's pyramid,
+    as ViT-Adapter's spatial prior module does: three 3x3 convolutions (the first with
+    stride 2) and a max-pool to stride 4, then a stride-2 3x3 convolution per further
+    level. Every convolution is followed by normalisation and an activation. The maps
+    have ``channels``, ``2 * channels``, ``4 * channels`` and ``4 * channels`` channels
+    (:attr:`out_channels`) and ``ceil(H / stride)`` x ``ceil(W / stride)`` pixels.
+
+    Args:
+        in_channels (int): Image channels.
+        channels (int): Width of the stride-4 map.
+        norm_cfg (dict): Normalisation after each convolution.
+        act_cfg (dict): Activation after each normalisation.
+        init_cfg (dict, optional): MMEngine initialisation config.
+    """
+
+    strides = (4, 8, 16, 32)
+
+    def __init__(self,
+                 in_channels: int = 3,
+                 channels: int = 64,
+                 norm_cfg: Dict = dict(type='BN'),
+                 act_cfg: Dict = dict(type='ReLU'),
+                 init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        if not isinstance(channels, int) or channels <= 0:
+            raise ValueError(f'spatial_prior channels must be a positive int, got {channels!r}')
+        self.out_channels: Tuple[int, ...] = (channels, 2 * channels, 4 * channels, 4 * channels)
+        conv = dict(kernel_size=3, padding=1, norm_cfg=norm_cfg, act_cfg=act_cfg)
+        self.stem = nn.Sequential(
+            ConvModule(in_channels, channels, stride=2, **conv),
+            ConvModule(channels, channels, **conv),
+            ConvModule(channels, channels, **conv),
+            nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
+        self.downsamples = nn.ModuleList(
+            ConvModule(width_in, width_out, stride=2, **conv)
+            for width_in, width_out in zip(self.out_channels[:-1], self.out_channels[1:]))
+
+    def forward(self, image: torch.Tensor) -> List[torch.Tensor]:
+        maps = [self.stem(image)]
+        for downsample in self.downsamples:
+            maps.append(downsample(maps[-1]))
+        return maps
