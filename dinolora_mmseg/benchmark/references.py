@@ -76,6 +76,9 @@ def check_reference(cfg: Config, reference: str, img_size: Sequence[int],
         ours = f'{neck.type} + {head}' if neck else head
         notes.append(f'timm-peft: its head is a 1x1 convolution on the last block; ours is '
                      f'{ours}, whose cost the time ratio includes')
+    if backbone.get('spatial_prior'):
+        notes.append('timm-peft: its backbone has no spatial prior; ours has one, whose cost '
+                     'the time ratio includes')
     return notes
 
 

@@ -94,10 +94,15 @@ def test_check_reference_takes_dinov3_at_multiples_of_16(config):
 
 
 def test_check_reference_says_when_our_head_is_not_linear(config):
-    """The timm-peft reference always has a 1x1-convolution head."""
+    """The timm-peft reference always has a 1x1-convolution head and no spatial prior."""
     notes = references.check_reference(config, 'timm-peft', (64, 96), 'tiny_dinov3.py')
     assert not any('head' in note for note in notes)
     mask2former = Config.fromfile(osp.join(ROOT, 'configs/dinov3_lora_mask2former_voc.py'))
     notes = references.check_reference(mask2former, 'timm-peft', (64, 96), 'm2f.py')
     assert ('timm-peft: its head is a 1x1 convolution on the last block; ours is ViTFPN + '
             'Mask2FormerHead, whose cost the time ratio includes') in notes
+    assert not any('spatial prior' in note for note in notes)
+    prior = Config.fromfile(osp.join(ROOT, 'configs/dinov3_lora_mask2former_prior_voc.py'))
+    notes = references.check_reference(prior, 'timm-peft', (64, 96), 'm2f_prior.py')
+    assert ('timm-peft: its backbone has no spatial prior; ours has one, whose cost the time '
+            'ratio includes') in notes
