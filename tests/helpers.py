@@ -172,6 +172,25 @@ def write_tiny_config(path, base: str, data_root=None, embed_dims: int = 64,
     return path
 
 
+def write_run_config(path, base: str, data_root, model: str, iters: int, batch_size: int):
+    """Write a config on ``base`` that trains for ``iters`` iterations on ``data_root``
+    (``batch_size`` images a batch; validation and testing 1; no worker processes), with
+    one validation and one checkpoint at the end. ``model`` is the Python source of the
+    ``model`` dict merged into the base's. Returns ``path``."""
+    loader = ('dict(batch_size={}, num_workers=0, persistent_workers=False, '
+              'dataset=dict(data_root=data_root))')
+    path.write_text('\n'.join([
+        f"_base_ = '{base}'",
+        f"data_root = '{data_root}'",
+        f'train_dataloader = {loader.format(batch_size)}',
+        f'val_dataloader = {loader.format(1)}',
+        'test_dataloader = val_dataloader',
+        f'model = {model}',
+        f'train_cfg = dict(max_iters={iters}, val_interval={iters})',
+        f'default_hooks = dict(checkpoint=dict(interval={iters}))']) + '\n')
+    return path
+
+
 def make_demo_voc(root, num_train: int, num_val: int):
     """Demo data in the Pascal VOC layout under ``root``; returns its VOC2012 folder."""
     run_tool(PYTHON, 'tools/misc/make_demo_data.py', root, '--format', 'voc', '--num-train',

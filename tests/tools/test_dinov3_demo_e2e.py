@@ -11,7 +11,7 @@ from mmseg.datasets import PascalVOCDataset
 
 from dinolora_mmseg.utils.fingerprint import decode_record
 from tests.helpers import (PYTHON, ROOT, free_port, logged_metrics, official_dinov3_state_dict,
-                           run_tool)
+                           run_tool, write_run_config)
 
 # A 2-block DINOv3 with 4 storage tokens and RoPE, from an official-layout file.
 TINY_ARCH = 'dict(_delete_=True, embed_dims=96, num_layers=2, num_heads=2)'
@@ -26,19 +26,10 @@ def trained(tmp_path_factory):
     weights = root / 'dinov3_tiny_pretrain.pth'
     torch.save(official_dinov3_state_dict(96, 2, 2), weights)
     voc = root / 'data/VOCdevkit/VOC2012'
-    config = root / 'tiny_dinov3.py'
-    loader = ('dict(batch_size={}, num_workers=0, persistent_workers=False, '
-              'dataset=dict(data_root=data_root))')
-    config.write_text('\n'.join([
-        f"_base_ = '{osp.join(ROOT, 'configs/demo/dinov3_lora_voc_demo.py')}'",
-        f"data_root = '{voc}'",
-        f'train_dataloader = {loader.format(4)}',
-        f'val_dataloader = {loader.format(1)}',
-        'test_dataloader = val_dataloader',
-        f"model = dict(backbone=dict(arch={TINY_ARCH}, pretrained='{weights}'), "
-        'decode_head=dict(in_channels=96))',
-        'train_cfg = dict(max_iters=20, val_interval=20)',
-        'default_hooks = dict(checkpoint=dict(interval=20))']) + '\n')
+    config = write_run_config(
+        root / 'tiny_dinov3.py', osp.join(ROOT, 'configs/demo/dinov3_lora_voc_demo.py'), voc,
+        f"dict(backbone=dict(arch={TINY_ARCH}, pretrained='{weights}'), "
+        'decode_head=dict(in_channels=96))', iters=20, batch_size=4)
     train = run_tool(PYTHON, 'tools/train.py', config, '--work-dir', root / 'work')
     names = (voc / 'ImageSets/Segmentation/val.txt').read_text().split()
     return dict(root=root, config=config, weights=weights, train=train,

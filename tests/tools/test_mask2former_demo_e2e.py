@@ -10,7 +10,7 @@ import torch
 
 from dinolora_mmseg.utils.fingerprint import decode_record
 from tests.helpers import (PYTHON, ROOT, free_port, load_tool, logged_metrics,
-                           official_state_dict, run_tool)
+                           official_state_dict, run_tool, write_run_config)
 from tests.tools.test_train_test_e2e import majority_class_miou
 
 # 4 blocks of a 128-wide ViT with 4 registers, one ViTFPN input each, from an
@@ -27,19 +27,10 @@ def train_tiny(root, demo: str, iters: int):
     weights = root / 'dinov2_tiny_reg4_pretrain.pth'
     torch.save(official_state_dict(128, 4, num_register_tokens=4), weights)
     voc = root / 'data/VOCdevkit/VOC2012'
-    config = root / 'tiny_mask2former.py'
-    loader = ('dict(batch_size={}, num_workers=0, persistent_workers=False, '
-              'dataset=dict(data_root=data_root))')
-    config.write_text('\n'.join([
-        f"_base_ = '{osp.join(ROOT, 'configs/demo', demo)}'",
-        f"data_root = '{voc}'",
-        f'train_dataloader = {loader.format(8)}',
-        f'val_dataloader = {loader.format(1)}',
-        'test_dataloader = val_dataloader',
-        f"model = dict(backbone=dict(arch={TINY_ARCH}, out_indices=(0, 1, 2, 3), "
-        f"pretrained='{weights}'), neck=dict(in_channels=128))",
-        f'train_cfg = dict(max_iters={iters}, val_interval={iters})',
-        f'default_hooks = dict(checkpoint=dict(interval={iters}))']) + '\n')
+    config = write_run_config(
+        root / 'tiny_mask2former.py', osp.join(ROOT, 'configs/demo', demo), voc,
+        f"dict(backbone=dict(arch={TINY_ARCH}, out_indices=(0, 1, 2, 3), "
+        f"pretrained='{weights}'), neck=dict(in_channels=128))", iters=iters, batch_size=8)
     train = run_tool(PYTHON, 'tools/train.py', config, '--work-dir', root / 'work')
     names = (voc / 'ImageSets/Segmentation/val.txt').read_text().split()
     return dict(root=root, voc=voc, config=config, weights=weights, train=train,
