@@ -91,7 +91,7 @@ def test_vit_fpn_wrong_number_of_inputs():
     with pytest.raises(ValueError, match='1 input or one per level'):
         ViTFPN(in_channels=8, num_inputs=2)
     neck = ViTFPN(in_channels=8, out_channels=8, num_inputs=4)
-    with pytest.raises(ValueError, match='expects 4 input'):
+    with pytest.raises(ValueError, match=r'expects 4 ViT output\(s\): 4 inputs, got 1'):
         neck([torch.randn(1, 8, 4, 4)])
 
 
