@@ -17,6 +17,9 @@ from tests.tools.test_train_test_e2e import majority_class_miou
 # official-layout file; the demo's tiny Mask2Former (16 queries, 64 channels).
 TINY_ARCH = 'dict(_delete_=True, embed_dims=128, num_layers=4, num_heads=2)'
 ITERS = 100
+# What a checkpoint holds of the tiny ViT's adapters: LoRA on q and v of its 4 blocks.
+LORA_KEYS = {f'backbone.blocks.{i}.attn.qkv.lora_{m}.{t}' for i in range(4) for m in 'AB'
+             for t in 'qv'}
 
 
 def train_tiny(root, demo: str, iters: int):
@@ -60,16 +63,18 @@ def test_demo_config_learns(trained):
     assert miou > 60, (miou, baseline)
 
 
+def logged_trainable(output: str) -> int:
+    """The trainable parameter count TrainableParamsHook logged in a training output."""
+    return int(re.search(r'([\d,]+) trainable', output).group(1).replace(',', ''))
+
+
 def test_checkpoint_holds_only_what_trains(trained):
     state = torch.load(trained['checkpoint'], weights_only=True)['state_dict']
     record = decode_record(state.pop('backbone._extra_state'))
     assert record['pretrained'] == str(trained['weights'])
-    assert {k for k in state if k.startswith('backbone.')} == {
-        f'backbone.blocks.{i}.attn.qkv.lora_{m}.{t}' for i in range(4) for m in 'AB'
-        for t in 'qv'}
+    assert {k for k in state if k.startswith('backbone.')} == LORA_KEYS
     assert any(k.startswith('neck.') for k in state)
-    trainable = re.search(r'([\d,]+) trainable', trained['train']).group(1)
-    assert sum(v.numel() for v in state.values()) == int(trainable.replace(',', ''))
+    assert sum(v.numel() for v in state.values()) == logged_trainable(trained['train'])
 
 
 def test_checkpoint_with_a_spatial_prior_holds_it_and_its_statistics(trained_with_prior):
@@ -77,19 +82,16 @@ def test_checkpoint_with_a_spatial_prior_holds_it_and_its_statistics(trained_wit
     state = torch.load(trained['checkpoint'], weights_only=True)['state_dict']
     state.pop('backbone._extra_state')
     backbone = {k for k in state if k.startswith('backbone.')}
-    lora = {f'backbone.blocks.{i}.attn.qkv.lora_{m}.{t}' for i in range(4) for m in 'AB'
-            for t in 'qv'}
-    prior = backbone - lora
-    assert lora <= backbone and prior and all(k.startswith('backbone.spatial_prior.')
-                                              for k in prior)
+    prior = backbone - LORA_KEYS
+    assert LORA_KEYS <= backbone and prior and all(k.startswith('backbone.spatial_prior.')
+                                                   for k in prior)
     statistics = {k for k in prior if k.endswith(('running_mean', 'running_var',
                                                    'num_batches_tracked'))}
     assert len(statistics) == 3 * 6  # six convolutions, each with its BatchNorm
     # the statistics moved from BatchNorm's initial zeros and ones: they were trained
     assert all(state[k].abs().sum() > 0 for k in statistics if k.endswith('running_mean'))
-    trainable = re.search(r'([\d,]+) trainable', trained['train']).group(1)
-    assert sum(v.numel() for k, v in state.items() if k not in statistics) == int(
-        trainable.replace(',', ''))
+    assert sum(v.numel() for k, v in state.items() if k not in statistics) == logged_trainable(
+        trained['train'])
 
 
 @pytest.mark.parametrize('name', ['trained', 'trained_with_prior'])
