@@ -12,15 +12,14 @@
 import logging
 import os
 import os.path as osp
-import pickle
 from typing import Dict, Optional, Union
 
-import torch
 from mmengine.fileio.backends import LocalBackend, register_backend
 from mmengine.logging import print_log
 from mmengine.runner import CheckpointLoader
 
 from ..utils.atomic_write import atomic_write_bytes
+from ..utils.checkpoint_file import read_checkpoint
 from ..utils.integrity import verify_zip
 from ..utils.weights import load_weights
 
@@ -47,20 +46,7 @@ def load_local_checkpoint(filename: str, map_location=None) -> Dict:
         filename (str): Path of the checkpoint.
         map_location: As for :func:`torch.load`.
     """
-    filename = osp.expanduser(filename)
-    if not osp.isfile(filename):
-        raise FileNotFoundError(f'checkpoint not found: {filename}')
-    verify_zip(filename)
-    try:
-        return torch.load(filename, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise RuntimeError(
-            f'{filename} was not loaded: it asks to unpickle objects that weights-only '
-            f'loading refuses (nothing in it was run). If it is a checkpoint you wrote '
-            f'yourself with an older tool, re-save its state_dict. Details: '
-            f'{str(error).splitlines()[0]}') from error
-    except RuntimeError as error:
-        raise RuntimeError(f'{filename} is damaged: {error}') from error
+    return read_checkpoint(filename, map_location=map_location)
 
 
 @CheckpointLoader.register_scheme(prefixes=r'.*\.safetensors$')

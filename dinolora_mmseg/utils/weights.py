@@ -6,14 +6,14 @@ file that asks to run code while loading is refused; a damaged file is refused t
 """
 import os
 import pickle
-import zipfile
 from typing import Dict, Sequence
 from urllib.parse import urlparse
 
 import torch
 from mmengine.logging import print_log
 
-from .integrity import verify_safetensors, verify_zip
+from .checkpoint_file import torch_load_checked
+from .integrity import verify_safetensors
 
 WRAPPERS = ('state_dict', 'model', 'teacher')
 FRAMEWORK_PREFIXES = ('module.', 'teacher.', 'backbone.')
@@ -87,11 +87,8 @@ def load_weights(path: str, prefixes: Sequence[str] = FRAMEWORK_PREFIXES,
         verify_safetensors(path)
         state = load_file(path, device='cpu')
     else:
-        if zipfile.is_zipfile(path):
-            verify_zip(path)
         try:
-            state = torch.load(path, map_location='cpu', weights_only=True,
-                               mmap=mmap and zipfile.is_zipfile(path))
+            state = torch_load_checked(path, mmap=mmap)
         except pickle.UnpicklingError as error:
             raise ValueError(
                 f'{path} is not a plain weight file: its pickle asks for objects that '

@@ -44,7 +44,7 @@ def test_dinov2_pretrained_refuses_code(evil, monkeypatch):
 def test_load_from_refuses_code(evil, monkeypatch):
     path, marker = evil
     monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
-    with pytest.raises(RuntimeError, match='evil.pth was not loaded'):
+    with pytest.raises(ValueError, match='evil.pth was not loaded'):
         CheckpointLoader.load_checkpoint(str(path), map_location='cpu')
     assert not marker.exists()
 
