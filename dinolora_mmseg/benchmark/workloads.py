@@ -20,7 +20,8 @@ from torch import nn
 from ..deployment import (INPUT_NAME, OUTPUT_NAME, compile_segmentor, export_onnx,
                           onnxruntime_session, segmentor_graph, strip_lora)
 from ..models.lora import lora_layers, merge_lora
-from .measure import count_flops, synchronize
+from ..utils.timing import synchronize
+from .measure import count_flops
 from .references import build_timm_peft
 
 BACKENDS = ('pytorch', 'compile', 'onnxruntime')

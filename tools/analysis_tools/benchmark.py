@@ -52,14 +52,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from mmengine.config import Config, DictAction
 
-from dinolora_mmseg.benchmark.measure import (MEMORY_CHILD_ENV, cpu_model, matmul_rate,
-                                              proc_status_bytes, reset_peak_rss, synchronize,
-                                              time_steps, trim_freed_memory)
+from dinolora_mmseg.benchmark.measure import (MEMORY_CHILD_ENV, cpu_model, proc_status_bytes,
+                                              reset_peak_rss, trim_freed_memory)
 from dinolora_mmseg.benchmark.references import (REFERENCES, check_reference,
                                                  naive_attention_forward)
 from dinolora_mmseg.benchmark.report import print_report, summarise, time_ratios
 from dinolora_mmseg.benchmark.workloads import BACKENDS, build_workload
 from dinolora_mmseg.models.utils import Attention
+from dinolora_mmseg.utils.timing import matmul_rate, synchronize, time_steps
 from dinolora_mmseg.utils.weights import hub_cache_path, is_url
 
 

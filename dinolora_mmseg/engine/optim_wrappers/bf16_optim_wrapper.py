@@ -7,7 +7,7 @@ from mmengine.optim import OptimWrapper
 from mmseg.registry import OPTIM_WRAPPERS
 from torch import nn
 
-from ...benchmark.measure import matmul_rate
+from ...utils.timing import matmul_rate
 
 # bfloat16 matrix products below this fraction of the float32 rate are emulated (no
 # AVX-512 BF16 or AMX): hundreds of times slower, not a trade of speed for memory.
