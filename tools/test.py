@@ -8,7 +8,8 @@ from mmengine.runner import Runner
 from dinolora_mmseg.datasets import leaf_configs
 from dinolora_mmseg.deployment import compile_segmentor
 from dinolora_mmseg.engine.data_checks import check_dataloaders
-from dinolora_mmseg.engine.launch import add_common_args, load_config, prepare_launch
+from dinolora_mmseg.engine.launch import add_common_args, prepare_launch
+from dinolora_mmseg.utils.config import load_config
 
 
 def parse_args():
@@ -44,7 +45,7 @@ def enable_visualization(cfg, args):
 
 def main():
     args = parse_args()
-    cfg = load_config(args)
+    cfg = load_config(args.config, args.cfg_options, args.work_dir)
     cfg.load_from = None  # loaded strictly below: a checkpoint of another model is an error
     if args.show or args.show_dir:
         cfg = enable_visualization(cfg, args)
@@ -61,7 +62,7 @@ def main():
     if processes > num_images:
         raise ValueError(f'{processes} processes for {num_images} test images: each process '
                          'needs at least one; start fewer')
-    prepare_launch(cfg, args.launcher)
+    prepare_launch(cfg, args.launcher, args.device)
     runner = Runner.from_cfg(cfg)
     runner.load_checkpoint(args.checkpoint, map_location='cpu', strict=True)
     if args.compile:

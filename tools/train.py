@@ -9,7 +9,6 @@ checkpoints and, with none left, says so and starts from the beginning.
 import argparse
 import logging
 
-import torch
 from mmengine.hooks import CheckpointHook
 from mmengine.logging import print_log
 from mmengine.registry import RUNNERS
@@ -17,8 +16,10 @@ from mmengine.runner import Runner
 
 from dinolora_mmseg.engine.checkpoint_io import find_resumable_checkpoint
 from dinolora_mmseg.engine.data_checks import check_dataloaders
-from dinolora_mmseg.engine.launch import add_common_args, load_config, prepare_launch
+from dinolora_mmseg.engine.launch import add_common_args, prepare_launch
+from dinolora_mmseg.engine.precision import use_amp
 from dinolora_mmseg.engine.work_dir_lock import lock_work_dir
+from dinolora_mmseg.utils.config import load_config
 
 STOCK_CHECKPOINT_HOOKS = ('CheckpointHook', 'mmengine.CheckpointHook', CheckpointHook)
 
@@ -29,7 +30,8 @@ def parse_args():
     parser.add_argument('--resume', action='store_true',
                         help='resume from the latest checkpoint in the work_dir')
     parser.add_argument('--amp', action='store_true',
-                        help='bfloat16 automatic mixed precision (CPU and GPU)')
+                        help='automatic mixed precision: bfloat16 on CPUs and GPUs that '
+                        'have it, float16 with loss scaling on older GPUs')
     add_common_args(parser)
     return parser.parse_args()
 
@@ -46,17 +48,9 @@ def use_atomic_checkpoint_hook(cfg) -> None:
 
 def main():
     args = parse_args()
-    cfg = load_config(args)
+    cfg = load_config(args.config, args.cfg_options, args.work_dir)
     lock_work_dir(cfg.work_dir)
     use_atomic_checkpoint_hook(cfg)
-    if args.amp:
-        if cfg.optim_wrapper.get('type', 'OptimWrapper') in ('AmpOptimWrapper',
-                                                             'BF16OptimWrapper'):
-            print_log('AMP training is already enabled in the config', logger='current')
-        elif torch.cuda.is_available():
-            cfg.optim_wrapper.update(type='AmpOptimWrapper', dtype='bfloat16')
-        else:  # mmengine's AmpOptimWrapper needs a GPU
-            cfg.optim_wrapper.type = 'BF16OptimWrapper'
     cfg.resume = args.resume
     if args.resume and cfg.get('load_from') is None:
         # mmengine would trust last_checkpoint blindly; skip damaged or missing files instead.
@@ -67,7 +61,9 @@ def main():
             cfg.resume = False
     check_dataloaders(cfg, ['train_dataloader', 'val_dataloader'] if cfg.get('val_cfg')
                       else ['train_dataloader'])
-    prepare_launch(cfg, args.launcher)
+    prepare_launch(cfg, args.launcher, args.device)
+    if args.amp:
+        use_amp(cfg.optim_wrapper)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.train()
 

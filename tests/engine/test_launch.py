@@ -1,13 +1,13 @@
-"""load_config, and prepare_launch on a machine without CUDA (the CI machines have none)."""
-import argparse
+"""prepare_launch: the device, the distributed timeout, TF32, the CPU set-up; --amp."""
 import os
 import subprocess
 import sys
 
 import pytest
 import torch
+from mmengine.config import Config
 
-from dinolora_mmseg.engine import launch
+from dinolora_mmseg.engine import device_check, launch, precision
 from tests.helpers import ROOT, free_port
 
 EXIT_CHECK = """
@@ -46,39 +46,140 @@ def test_gloo_group_is_created_and_destroyed_before_the_interpreter_ends():
     assert lines[-1] == 'initialized at exit: False wrapper alive: False'
 
 
+FAKE_NVIDIA_SMI = """#!/bin/sh
+case "$1" in
+  -L) echo 'GPU 0: NVIDIA A100-SXM4-80GB (UUID: GPU-0)'
+      echo 'GPU 1: NVIDIA A100-SXM4-80GB (UUID: GPU-1)';;
+  --query-gpu=driver_version) echo 535.104.05; echo 535.104.05;;
+  *) exit 1;;
+esac
+"""
+TOO_OLD = ('The NVIDIA driver on your system is too old (found version 12020). Please update '
+           'your GPU driver')
+
+
+def sync_bn_config(**settings):
+    return Config(dict(model=dict(norm_cfg=dict(type='SyncBN')), **settings))
+
+
 @pytest.fixture
-def logged(monkeypatch):
-    messages = []
-    monkeypatch.setattr(launch, 'print_log', lambda msg, **kwargs: messages.append(msg))
-    return messages
+def gpu_node_with_old_driver(monkeypatch, tmp_path):
+    """A node with two GPUs and a driver too old for torch's CUDA 13.0 build."""
+    (tmp_path / 'nvidia-smi').write_text(FAKE_NVIDIA_SMI)
+    (tmp_path / 'nvidia-smi').chmod(0o755)
+    monkeypatch.setenv('PATH', f'{tmp_path}:{os.environ["PATH"]}')
+    monkeypatch.setattr(device_check.glob, 'glob', lambda pattern: ['/dev/nvidia0',
+                                                                    '/dev/nvidia1'])
+    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '0,1')
+    monkeypatch.delenv(device_check.ALLOW_CPU_ENV, raising=False)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    monkeypatch.setattr(torch.version, 'cuda', '13.0')
+
+    def init():
+        raise RuntimeError(TOO_OLD)
+    monkeypatch.setattr(torch.cuda, 'init', init)
 
 
-def load(options):
-    args = argparse.Namespace(config=os.path.join(ROOT, 'configs/dinov2_lora_voc.py'),
-                              cfg_options=options, work_dir=None, local_rank=0)
-    return launch.load_config(args)
+def test_a_gpu_node_whose_cuda_torch_cannot_use_is_refused(gpu_node_with_old_driver):
+    with pytest.raises(RuntimeError) as error:
+        launch.prepare_launch(sync_bn_config(), 'none')
+    message = str(error.value)
+    assert message.startswith('GPUs are present (nvidia-smi lists 2 GPU(s): GPU 0: NVIDIA '
+                              'A100-SXM4-80GB (UUID: GPU-0), ...; /dev/nvidia0, /dev/nvidia1 '
+                              'exist; CUDA_VISIBLE_DEVICES=0,1) but torch cannot use CUDA')
+    assert 'is built for CUDA 13.0; the NVIDIA driver is 535.104.05' in message
+    assert f'torch says: {TOO_OLD}' in message
+    assert '--device cpu or set DINOLORA_ALLOW_CPU=1' in message
 
 
-def test_options_on_plain_variables_are_named_with_the_fields_to_set(logged):
-    cfg = load({'max_iters': 2})
-    assert cfg.train_cfg.max_iters == 20000  # mmengine ignores it: hence the warning
-    assert len(logged) == 1
-    assert '--cfg-options max_iters=2 has no effect' in logged[0]
-    assert 'train_cfg.max_iters, param_scheduler.1.end' in logged[0]
-    load({'crop_size': (28, 28)})
-    assert 'train_dataloader.dataset.pipeline.4.crop_size' in logged[1]
+@pytest.mark.parametrize('opt_in', ['--device cpu', 'DINOLORA_ALLOW_CPU=1'])
+def test_the_cpu_is_used_there_when_asked_for(gpu_node_with_old_driver, monkeypatch, opt_in):
+    if opt_in.startswith('DINOLORA'):
+        monkeypatch.setenv(device_check.ALLOW_CPU_ENV, '1')
+    cfg = launch.prepare_launch(sync_bn_config(), 'none',
+                                'cpu' if opt_in == '--device cpu' else None)
+    assert cfg.model.norm_cfg.type == 'BN'
+    assert os.environ['CUDA_VISIBLE_DEVICES'] == ('' if opt_in == '--device cpu' else '0,1')
 
 
-def test_options_on_runner_fields_are_not_warned_about(logged):
-    cfg = load({'train_cfg.max_iters': 2, 'model.backbone.arch': 'small', 'work_dir': 'w'})
-    assert cfg.train_cfg.max_iters == 2 and not logged
+def test_device_cuda_without_usable_cuda_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    monkeypatch.setattr(device_check, 'run_nvidia_smi', lambda *args: [])
+    with pytest.raises(RuntimeError, match=r'GPUs are present \(--device cuda\)'):
+        launch.prepare_launch(sync_bn_config(), 'none', 'cuda')
 
 
-@pytest.mark.parametrize('settings, scope', [('', 'mmseg'), ("default_scope = 'mmpretrain'\n",
-                                                             'mmpretrain')])
-def test_config_without_default_scope_gets_mmseg(tmp_path, settings, scope):
-    config = tmp_path / 'from_scratch.py'
-    config.write_text(settings + "model = dict(type='EncoderDecoder')\n")
-    args = argparse.Namespace(config=str(config), cfg_options=None, work_dir=None,
-                              local_rank=0)
-    assert launch.load_config(args).default_scope == scope
+def test_a_machine_without_gpus_runs_on_the_cpu_without_a_word(monkeypatch):
+    monkeypatch.setattr(device_check, 'run_nvidia_smi', lambda *args: [])
+    monkeypatch.setattr(device_check.glob, 'glob', lambda pattern: [])
+    monkeypatch.delenv('CUDA_VISIBLE_DEVICES', raising=False)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    assert launch.prepare_launch(sync_bn_config(), 'none').model.norm_cfg.type == 'BN'
+
+
+@pytest.fixture
+def cuda(monkeypatch):
+    """A machine where torch can use CUDA; TF32 flags restored afterwards."""
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(precision, 'print_log', lambda *args, **kwargs: None)
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
+def test_on_cuda_tf32_is_on_and_the_nccl_timeout_set(cuda, monkeypatch):
+    monkeypatch.delenv(launch.DIST_TIMEOUT_ENV, raising=False)
+    cfg = launch.prepare_launch(sync_bn_config(), 'pytorch')
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    assert cfg.model.norm_cfg.type == 'SyncBN' and 'model_wrapper_cfg' not in cfg
+    assert cfg.env_cfg.dist_cfg == dict(backend='nccl', timeout=1800)
+
+
+def test_tf32_can_be_turned_off_and_a_configs_timeout_is_kept(cuda, monkeypatch):
+    monkeypatch.setenv(launch.DIST_TIMEOUT_ENV, '60')
+    cfg = launch.prepare_launch(sync_bn_config(env_cfg=dict(
+        allow_tf32=False, dist_cfg=dict(backend='nccl', timeout=7200))), 'pytorch')
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    assert cfg.env_cfg.dist_cfg.timeout == 7200
+    assert launch.prepare_launch(sync_bn_config(), 'slurm').env_cfg.dist_cfg.timeout == 60
+
+
+def test_a_timeout_that_is_not_a_number_of_seconds_is_refused(monkeypatch):
+    monkeypatch.setenv(launch.DIST_TIMEOUT_ENV, '10m')
+    with pytest.raises(ValueError, match='DINOLORA_DIST_TIMEOUT=10m: expected a positive'):
+        launch.dist_timeout()
+
+
+def amp(monkeypatch, cuda_available, bf16=False, **optim_wrapper):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: cuda_available)
+    monkeypatch.setattr(precision, 'print_log', lambda *args, **kwargs: None)
+    monkeypatch.setattr(torch.cuda, 'is_bf16_supported',
+                        lambda including_emulation=True: bf16 or including_emulation)
+    monkeypatch.setattr(torch.cuda, 'get_device_name', lambda *a: 'Tesla V100' if not bf16
+                        else 'NVIDIA H100')
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda *a: (7, 0) if not bf16
+                        else (9, 0))
+    wrapper = dict(optimizer=dict(type='AdamW', lr=1e-4), **optim_wrapper)
+    return wrapper, precision.use_amp(wrapper)
+
+
+def test_amp_on_a_gpu_with_bfloat16_is_bfloat16_without_a_loss_scaler(monkeypatch):
+    wrapper, message = amp(monkeypatch, True, bf16=True)
+    assert wrapper == dict(type='BF16OptimWrapper', optimizer=dict(type='AdamW', lr=1e-4))
+    assert message == ('--amp: NVIDIA H100 (compute capability 9.0) has bfloat16: bfloat16 '
+                       'autocast without loss scaling (BF16OptimWrapper)')
+
+
+def test_amp_on_a_gpu_without_bfloat16_is_float16_with_dynamic_loss_scaling(monkeypatch):
+    """is_bf16_supported() says True on a V100 (emulated); only the native answer counts."""
+    wrapper, message = amp(monkeypatch, True, bf16=False)
+    assert wrapper == dict(type='AmpOptimWrapper', dtype='float16', loss_scale='dynamic',
+                           optimizer=dict(type='AdamW', lr=1e-4))
+    assert 'Tesla V100 (compute capability 7.0) has no bfloat16' in message
+
+
+def test_amp_on_the_cpu_and_with_a_config_that_has_it(monkeypatch):
+    assert amp(monkeypatch, False)[0]['type'] == 'BF16OptimWrapper'
+    wrapper, message = amp(monkeypatch, True, type='AmpOptimWrapper', dtype='float16')
+    assert wrapper['dtype'] == 'float16' and 'already trains with AmpOptimWrapper' in message

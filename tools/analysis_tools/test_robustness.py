@@ -38,8 +38,9 @@ from mmengine.runner import Runner
 from dinolora_mmseg.datasets import (CORRUPTIONS, EXTRA_CORRUPTIONS, IMAGENET_C_CORRUPTIONS,
                                      SEVERITIES, leaf_configs)
 from dinolora_mmseg.engine.data_checks import check_dataloaders
-from dinolora_mmseg.engine.launch import add_common_args, load_config, prepare_launch
+from dinolora_mmseg.engine.launch import add_common_args, prepare_launch
 from dinolora_mmseg.utils.atomic_write import atomic_write_bytes
+from dinolora_mmseg.utils.config import load_config
 from dinolora_mmseg.utils.integrity import content_fingerprint
 from dinolora_mmseg.visualization.robustness_report import (FAMILY, markdown, plot, relative,
                                                             run_name, summarize)
@@ -182,7 +183,7 @@ def load_results(work_dir: str, key: dict) -> dict:
 
 def main():
     args = parse_args()
-    cfg = load_config(args)
+    cfg = load_config(args.config, args.cfg_options, args.work_dir)
     work_dir = args.work_dir or osp.join(cfg.work_dir, 'robustness')
     for pipeline in dataset_pipelines(cfg):
         corruption_index(pipeline)  # fail before any run
@@ -193,7 +194,7 @@ def main():
                          'needs at least one; start fewer')
     cfg.load_from = None  # loaded strictly by run_test
     key = results_key(cfg, args)
-    prepare_launch(cfg, args.launcher)
+    prepare_launch(cfg, args.launcher, args.device)
     main_process = is_main_process()
     loaded = [None]
     if main_process:

@@ -15,7 +15,8 @@ import os.path as osp
 from mmengine.runner import Runner
 
 from dinolora_mmseg.engine.data_checks import check_dataloaders
-from dinolora_mmseg.engine.launch import add_common_args, load_config
+from dinolora_mmseg.engine.launch import add_common_args
+from dinolora_mmseg.utils.config import load_config
 
 
 def parse_args(argv=None):
@@ -35,7 +36,7 @@ def main(argv=None):
     args = parse_args(argv)
     if not osp.isfile(args.model):
         raise FileNotFoundError(f'ONNX model not found: {args.model}')
-    cfg = load_config(args)
+    cfg = load_config(args.config, args.cfg_options, args.work_dir)
     # The file normalises itself: its preprocessor only makes RGB float images.
     cfg.model = dict(type='ONNXRuntimeSegmentor', onnx_file=args.model, threads=args.threads,
                      data_preprocessor=dict(type='SegDataPreProcessor', bgr_to_rgb=True))

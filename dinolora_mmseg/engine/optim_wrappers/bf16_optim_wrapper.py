@@ -46,10 +46,12 @@ def check_cpu_bfloat16_speed() -> None:
 class BF16OptimWrapper(OptimWrapper):
     """An ``OptimWrapper`` whose forward passes run under bfloat16 autocast.
 
-    MMEngine's ``AmpOptimWrapper`` refuses to run without a GPU; bfloat16 needs none of
-    its loss scaling (it has float32's exponent range), so this wrapper only adds
-    ``torch.autocast`` on the model's device. ``tools/train.py --amp`` uses it on CPUs;
-    weights, gradients and optimizer state stay float32. On a CPU it first measures the
+    MMEngine's ``AmpOptimWrapper`` refuses to run without a GPU and adds a
+    ``GradScaler`` even for bfloat16, which needs no loss scaling (it has float32's
+    exponent range), so this wrapper only adds ``torch.autocast`` on the model's device.
+    ``tools/train.py --amp`` uses it on CPUs and on GPUs with bfloat16
+    (:func:`~dinolora_mmseg.engine.precision.use_amp`); weights, gradients and
+    optimizer state stay float32. On a CPU it first measures the
     bfloat16 matrix-product rate and refuses to run where bfloat16 is emulated.
 
     Args:
