@@ -11,14 +11,13 @@ import torch
 import torch.nn.functional as F
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
-from mmengine.registry import init_default_scope
 from mmengine.structures import PixelData
-from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 from torch import nn
 
 from ..deployment import (INPUT_NAME, OUTPUT_NAME, compile_segmentor, export_onnx,
                           onnxruntime_session, segmentor_graph, strip_lora)
+from ..models import build_model
 from ..models.lora import lora_layers, merge_lora
 from ..utils.timing import synchronize
 from .measure import count_flops
@@ -93,12 +92,11 @@ def build_workload(cfg: Config, variant: str, mode: str, batch_size: int,
     if variant == 'timm-peft':
         model = build_timm_peft(cfg, img_size)
     else:
-        init_default_scope(cfg.get('default_scope', 'mmseg'))
-        model_cfg = copy.deepcopy(cfg.model)
         if variant == 'no-lora':
-            model_cfg.backbone.lora = None
+            cfg = copy.deepcopy(cfg)
+            cfg.model.backbone.lora = None
             merge = False
-        model = MODELS.build(model_cfg)
+        model = build_model(cfg)
     params = list(model.parameters())
     params_total = sum(p.numel() for p in params)
     params_trainable = sum(p.numel() for p in params if p.requires_grad)

@@ -12,14 +12,12 @@ import torch
 import torch.nn.functional as F
 from mmengine.config import Config
 from mmengine.model import revert_sync_batchnorm
-from mmengine.registry import init_default_scope
-from mmengine.runner import load_checkpoint
 from mmseg.models.segmentors import EncoderDecoder
-from mmseg.registry import MODELS
 from torch import nn
 
 from ..models.backbones.dino_vit_base import DINOViTBase
 from ..models.backbones.dinov2 import DINOv2
+from ..models.builder import build_model
 from ..models.lora import LoRALinear
 
 
@@ -142,24 +140,22 @@ def check_deployable(cfg: Config, model: nn.Module) -> None:
 
 
 def build_deploy_segmentor(cfg: Config, checkpoint: str) -> Tuple[EncoderDecoder, Dict]:
-    """Build the model of ``cfg``, load ``checkpoint`` strictly and prepare it for export.
+    """Build the model of ``cfg`` with ``checkpoint`` (:func:`build_model`) and prepare
+    it for export.
 
     Returns:
         tuple: ``(model, meta)``: the model without LoRA adapters (folded into the
         weights), with BN for SyncBN, in float32 and evaluation mode; the checkpoint's
-        ``meta`` (``{}`` if it has none).
+        ``dataset_meta`` as ``{'dataset_meta': ...}`` (``{}`` if it has none).
     """
-    init_default_scope(cfg.get('default_scope') or 'mmseg')
-    model = MODELS.build(cfg.model)
+    model = build_model(cfg, checkpoint)
     check_deployable(cfg, model)
-    loaded = load_checkpoint(model, checkpoint, map_location='cpu', strict=True,
-                             logger='silent')
     model = revert_sync_batchnorm(model)
     strip_lora(model)
     if isinstance(model.backbone, DINOViTBase):
         model.backbone.frozen_dtype = None  # compute in float32, as the weights will be
     model.float().eval().requires_grad_(False)
-    return model, loaded.get('meta', {})
+    return model, {} if model.dataset_meta is None else dict(dataset_meta=model.dataset_meta)
 
 
 def segmentor_graph(model: EncoderDecoder) -> SegmentorGraph:

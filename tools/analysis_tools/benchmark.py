@@ -59,6 +59,7 @@ from dinolora_mmseg.benchmark.references import (REFERENCES, check_reference,
 from dinolora_mmseg.benchmark.report import print_report, summarise, time_ratios
 from dinolora_mmseg.benchmark.workloads import BACKENDS, build_workload
 from dinolora_mmseg.models.utils import Attention
+from dinolora_mmseg.utils.config import load_config
 from dinolora_mmseg.utils.timing import matmul_rate, synchronize, time_steps
 from dinolora_mmseg.utils.weights import hub_cache_path, is_url
 
@@ -124,11 +125,9 @@ def weights_available(path: str) -> bool:
     return os.path.isfile(hub_cache_path(path) if is_url(path) else path)
 
 
-def load_config(args: argparse.Namespace) -> Tuple[Config, List[str]]:
+def benchmark_config(args: argparse.Namespace) -> Tuple[Config, List[str]]:
     """The config with the command line applied, and notes on what was changed."""
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options)
     notes = []
     backbone = cfg.model.backbone
     pretrained = backbone.get('pretrained')
@@ -149,7 +148,7 @@ def run_worker(args: argparse.Namespace) -> Dict:
     """
     if args.worker == 'naive-attention':
         Attention.forward = naive_attention_forward
-    cfg, _ = load_config(args)
+    cfg, _ = benchmark_config(args)
     device = torch.device(args.device)
     ours = args.worker in BACKENDS
     workload = build_workload(cfg, 'ours' if ours else args.worker, args.mode, args.batch_size,
@@ -217,7 +216,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[Dict]:
             json.dump(run_worker(args), f)
         return None
 
-    cfg, notes = load_config(args)
+    cfg, notes = benchmark_config(args)
     if args.reference:
         notes += check_reference(cfg, args.reference, args.img_size, args.config)
     device = torch.device(args.device)

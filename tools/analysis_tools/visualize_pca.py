@@ -28,11 +28,11 @@ from mmengine.config import DictAction
 from mmengine.device import get_device
 from mmengine.logging import print_log
 from mmengine.utils import track_iter_progress
-from mmseg.apis import init_model
-
+from dinolora_mmseg.models import build_model
 from dinolora_mmseg.models.backbones import DINOv2, DINOv3
 from dinolora_mmseg.models.backbones.dino_vit_base import DINOViTBase
 from dinolora_mmseg.utils.atomic_write import atomic_write_image
+from dinolora_mmseg.utils.config import load_config
 from dinolora_mmseg.visualization import make_grid, pca_maps
 
 # Family -> (backbone class, the name of its argument for the tokens after the class token)
@@ -121,7 +121,7 @@ def build_backbone(family: str = 'dinov2',
     else:
         if checkpoint is None:
             raise ValueError(f'{config} needs a checkpoint of its model')
-        model = init_model(config, checkpoint, device=device, cfg_options=cfg_options)
+        model = build_model(load_config(config, cfg_options), checkpoint, device)
         backbone = model.backbone
         if not isinstance(backbone, DINOViTBase):
             raise TypeError(f'The backbone of {config} is a {type(backbone).__name__}, '

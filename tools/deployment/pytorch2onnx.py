@@ -32,6 +32,7 @@ from dinolora_mmseg.deployment import (build_deploy_segmentor, check_second_size
                                        deploy_metadata, export_onnx, input_divisor,
                                        max_logit_difference, onnxruntime_session, sample_images,
                                        segmentor_graph, staged_onnx, test_resize)
+from dinolora_mmseg.utils.config import load_config
 
 
 def parse_args(argv=None):
@@ -82,9 +83,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.check_image and not osp.isfile(args.check_image):
         raise FileNotFoundError(f'--check-image {args.check_image} does not exist')
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options)
     model, meta = build_deploy_segmentor(cfg, args.checkpoint)
     metadata = deploy_metadata(cfg, model, meta, args.checkpoint)
     divisor = input_divisor(model)

@@ -10,18 +10,36 @@ its predicted class and the class names written on their regions (MMSeg's
 import argparse
 import os
 import os.path as osp
+import warnings
 from typing import List, Optional, Sequence
 
 import mmcv
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 from mmengine.utils import track_iter_progress
 from mmseg.apis import MMSegInferencer
+from mmseg.utils import get_classes, get_palette
 
 import dinolora_mmseg  # noqa: F401  (registers the DINOv2 backbone)
 from dinolora_mmseg.datasets import leaf_configs
 from dinolora_mmseg.deployment import compile_segmentor
 from dinolora_mmseg.engine.data_checks import check_image_file
+from dinolora_mmseg.models import build_model
 from dinolora_mmseg.utils.atomic_write import atomic_write_image
+from dinolora_mmseg.utils.config import load_config
+
+
+class Inferencer(MMSegInferencer):
+    """MMSeg's inferencer with the model of :func:`build_model` (the checkpoint read
+    weights-only and loaded strictly)."""
+
+    def _init_model(self, cfg, weights, device='cpu'):
+        model = build_model(cfg, weights, device)
+        if model.dataset_meta is None:  # as MMSeg's inferencer falls back
+            warnings.warn('dataset_meta or class names are not saved in the checkpoint\'s '
+                          'meta data, use classes of Cityscapes by default.')
+            model.dataset_meta = dict(classes=get_classes('cityscapes'),
+                                      palette=get_palette('cityscapes'))
+        return model
 
 
 def check_images(paths: Sequence[str], out_dir: str) -> List[str]:
@@ -73,14 +91,12 @@ def infer(images: Sequence[str], config: str, checkpoint: str, out_dir: str,
     if not 0 < opacity <= 1:
         raise ValueError(f'opacity must be in (0, 1], got {opacity}')
     outputs = check_images(images, out_dir)
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    cfg = load_config(config, cfg_options)
     # The inferencer takes the test pipeline of test_dataloader.dataset: that of the
     # first dataset where it is a wrapper (ConcatDataset).
     _, cfg.test_dataloader.dataset = next(
         leaf_configs(cfg.test_dataloader.dataset, 'test_dataloader.dataset'))
-    inferencer = MMSegInferencer(cfg, checkpoint, device=device)
+    inferencer = Inferencer(cfg, checkpoint, device=device, scope=cfg.default_scope)
     inferencer.show_progress = False
     if compile_model:
         compile_segmentor(inferencer.model)

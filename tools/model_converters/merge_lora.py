@@ -20,14 +20,12 @@ import os
 
 import torch
 from mmengine.config import Config, DictAction
-from mmengine.registry import init_default_scope
-from mmengine.runner import load_checkpoint
-from mmseg.registry import MODELS
 
-from dinolora_mmseg.models import merged_state_dict
+from dinolora_mmseg.models import build_model, merged_state_dict
 from dinolora_mmseg.models.backbones.dino_vit_base import DINOViTBase
 from dinolora_mmseg.models.lora import lora_layers
 from dinolora_mmseg.utils.atomic_write import atomic_output
+from dinolora_mmseg.utils.config import load_config
 from dinolora_mmseg.utils.integrity import save_safetensors
 
 
@@ -46,27 +44,20 @@ def parse_args():
 
 
 def load_lora_model(cfg: Config, checkpoint: str):
-    """Build the model of ``cfg`` and load ``checkpoint`` into it.
-
-    Returns:
-        tuple: (the model, the checkpoint's ``meta``)
-    """
-    init_default_scope(cfg.get('default_scope', 'mmseg'))
-    model = MODELS.build(cfg.model)
+    """The model of ``cfg`` with ``checkpoint`` loaded (:func:`build_model`); its
+    ``dataset_meta`` is the checkpoint's."""
+    model = build_model(cfg, checkpoint)
     if next(lora_layers(model), None) is None:
         raise ValueError(f'{cfg.filename} builds a model without LoRA adapters: nothing to merge')
-    loaded = load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
     if isinstance(model.backbone, DINOViTBase):
         model.backbone.pretrained = None  # keep the (now changed) frozen weights in
-    return model, loaded.get('meta', {})
+    return model
 
 
 def main():
     args = parse_args()
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    model, meta = load_lora_model(cfg, args.checkpoint)
+    cfg = load_config(args.config, args.cfg_options)
+    model = load_lora_model(cfg, args.checkpoint)
     if args.backbone_only:
         if not isinstance(model.backbone, DINOViTBase):
             raise ValueError('--backbone-only writes the official DINOv2 or DINOv3 layout; the '
@@ -82,7 +73,7 @@ def main():
         use = 'load it with the same config and model.backbone.lora=None'
         state = merged_state_dict(model)
         obj = state if args.format == 'safetensors' else dict(
-            state_dict=state, meta=dict(dataset_meta=meta.get('dataset_meta'),
+            state_dict=state, meta=dict(dataset_meta=model.dataset_meta,
                                         merged_from=os.path.abspath(args.checkpoint)))
     with atomic_output(args.out) as tmp:
         if args.format == 'safetensors':

@@ -1,0 +1,45 @@
+"""Building a config's model outside the Runner: the one way every tool does it."""
+from typing import Optional, Union
+
+import torch
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmengine.runner.checkpoint import _load_checkpoint_to_model
+from mmseg.registry import MODELS
+from torch import nn
+
+from ..utils.checkpoint_file import read_checkpoint
+from ..utils.config import registry_scope
+
+
+def build_model(cfg: Config, checkpoint: Optional[str] = None,
+                device: Union[str, torch.device] = 'cpu', trusted: bool = False) -> nn.Module:
+    """The model of ``cfg``, with ``checkpoint`` loaded strictly, in eval mode on ``device``.
+
+    Built with ``MODELS`` in the config's registry scope (``'mmseg'`` where it has none);
+    the checkpoint is read by :func:`~dinolora_mmseg.utils.checkpoint_file.read_checkpoint`
+    (CRC-checked, weights-only unless ``trusted``) and must match the model's keys, as
+    MMEngine's ``load_checkpoint(strict=True)`` checks them. As MMSeg's ``init_model``
+    does, the model keeps ``cfg`` as ``model.cfg`` and the checkpoint's
+    ``meta['dataset_meta']`` (classes, palette) as ``model.dataset_meta`` (None where the
+    checkpoint has none, or without a checkpoint).
+
+    Args:
+        cfg (Config): The config (:func:`~dinolora_mmseg.utils.config.load_config`).
+        checkpoint (str, optional): Checkpoint file of the model.
+        device (str | torch.device): Where to put the model.
+        trusted (bool): The user named ``checkpoint`` as trusted: unpickle it in full.
+
+    Raises:
+        RuntimeError: The checkpoint's keys do not match the model's (the message lists
+            them), or the file is damaged.
+    """
+    init_default_scope(registry_scope(cfg))
+    model = MODELS.build(cfg.model)
+    model.cfg = cfg
+    model.dataset_meta = None
+    if checkpoint is not None:
+        loaded = read_checkpoint(checkpoint, trusted=trusted)
+        _load_checkpoint_to_model(model, loaded, strict=True)
+        model.dataset_meta = (loaded.get('meta') or {}).get('dataset_meta')
+    return model.to(device).eval()
