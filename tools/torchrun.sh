@@ -2,7 +2,8 @@
 # Shared by dist_train.sh and dist_test.sh: torchrun SCRIPT with NPROC processes per node.
 # Usage: torchrun.sh SCRIPT NPROC [script arguments]
 # Environment: NNODES (1), NODE_RANK (0), MASTER_ADDR (127.0.0.1), PORT (29500),
-# PYTHON (python). Without CUDA the processes use the gloo backend on the CPU.
+# PYTHON (python). Without CUDA the processes use the gloo backend on the CPU; GPUs that
+# torch cannot use (driver too old) are refused unless --device cpu or DINOLORA_ALLOW_CPU=1.
 set -euo pipefail
 SCRIPT=$1
 NPROC=$2
