@@ -17,7 +17,7 @@ from torch import nn
 
 from ..models.backbones.dino_vit_base import DINOViTBase
 from ..models.backbones.dinov2 import DINOv2
-from ..models.builder import build_model
+from ..models.builder import build_model, load_model_checkpoint
 from ..models.lora import LoRALinear
 
 
@@ -148,8 +148,9 @@ def build_deploy_segmentor(cfg: Config, checkpoint: str) -> Tuple[EncoderDecoder
         weights), with BN for SyncBN, in float32 and evaluation mode; the checkpoint's
         ``dataset_meta`` as ``{'dataset_meta': ...}`` (``{}`` if it has none).
     """
-    model = build_model(cfg, checkpoint)
+    model = build_model(cfg)
     check_deployable(cfg, model)
+    load_model_checkpoint(model, checkpoint)
     model = revert_sync_batchnorm(model)
     strip_lora(model)
     if isinstance(model.backbone, DINOViTBase):

@@ -39,7 +39,20 @@ def build_model(cfg: Config, checkpoint: Optional[str] = None,
     model.cfg = cfg
     model.dataset_meta = None
     if checkpoint is not None:
-        loaded = read_checkpoint(checkpoint, trusted=trusted)
-        _load_checkpoint_to_model(model, loaded, strict=True)
-        model.dataset_meta = (loaded.get('meta') or {}).get('dataset_meta')
+        load_model_checkpoint(model, checkpoint, trusted)
     return model.to(device).eval()
+
+
+def load_model_checkpoint(model: nn.Module, checkpoint: str, trusted: bool = False) -> None:
+    """Load ``checkpoint`` into ``model`` strictly, as :func:`build_model` does (for a
+    tool that checks the model before it reads the file); its ``meta['dataset_meta']``
+    becomes ``model.dataset_meta``.
+
+    Args:
+        model (nn.Module): The built model.
+        checkpoint (str): Its checkpoint file.
+        trusted (bool): The user named ``checkpoint`` as trusted: unpickle it in full.
+    """
+    loaded = read_checkpoint(checkpoint, trusted=trusted)
+    _load_checkpoint_to_model(model, loaded, strict=True)
+    model.dataset_meta = (loaded.get('meta') or {}).get('dataset_meta')

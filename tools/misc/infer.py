@@ -34,11 +34,12 @@ class Inferencer(MMSegInferencer):
 
     def _init_model(self, cfg, weights, device='cpu'):
         model = build_model(cfg, weights, device)
-        if model.dataset_meta is None:  # as MMSeg's inferencer falls back
+        meta = model.dataset_meta
+        if meta is None:  # as MMSeg's inferencer falls back
             warnings.warn('dataset_meta or class names are not saved in the checkpoint\'s '
                           'meta data, use classes of Cityscapes by default.')
-            model.dataset_meta = dict(classes=get_classes('cityscapes'),
-                                      palette=get_palette('cityscapes'))
+            meta = dict(classes=get_classes('cityscapes'), palette=get_palette('cityscapes'))
+        model.dataset_meta = dict(classes=meta.get('classes'), palette=meta.get('palette'))
         return model
 
 

@@ -21,7 +21,7 @@ import os
 import torch
 from mmengine.config import Config, DictAction
 
-from dinolora_mmseg.models import build_model, merged_state_dict
+from dinolora_mmseg.models import build_model, load_model_checkpoint, merged_state_dict
 from dinolora_mmseg.models.backbones.dino_vit_base import DINOViTBase
 from dinolora_mmseg.models.lora import lora_layers
 from dinolora_mmseg.utils.atomic_write import atomic_output
@@ -44,11 +44,12 @@ def parse_args():
 
 
 def load_lora_model(cfg: Config, checkpoint: str):
-    """The model of ``cfg`` with ``checkpoint`` loaded (:func:`build_model`); its
-    ``dataset_meta`` is the checkpoint's."""
-    model = build_model(cfg, checkpoint)
+    """The model of ``cfg`` (:func:`build_model`), checked for LoRA adapters, with
+    ``checkpoint`` loaded; its ``dataset_meta`` is the checkpoint's."""
+    model = build_model(cfg)
     if next(lora_layers(model), None) is None:
         raise ValueError(f'{cfg.filename} builds a model without LoRA adapters: nothing to merge')
+    load_model_checkpoint(model, checkpoint)
     if isinstance(model.backbone, DINOViTBase):
         model.backbone.pretrained = None  # keep the (now changed) frozen weights in
     return model
