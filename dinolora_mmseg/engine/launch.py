@@ -3,6 +3,7 @@ applied to the config before the Runner is built (device, distributed timeout, T
 the CPU set-up)."""
 import argparse
 import os
+from typing import Optional
 
 from mmengine.config import Config, DictAction
 
@@ -50,7 +51,7 @@ def dist_timeout() -> int:
     return int(value)
 
 
-def prepare_launch(cfg: Config, launcher: str, device: str = None) -> Config:
+def prepare_launch(cfg: Config, launcher: str, device: Optional[str] = None) -> Config:
     """Adapt ``cfg`` to the machine before the Runner is built.
 
     The device is chosen (:func:`~.device_check.select_device`: a GPU machine whose
