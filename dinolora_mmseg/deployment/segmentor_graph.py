@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from mmengine.config import Config
 from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import init_default_scope
-from mmengine.runner import load_checkpoint
 from mmseg.models.segmentors import EncoderDecoder
 from mmseg.registry import MODELS
 from torch import nn
@@ -21,6 +20,7 @@ from torch import nn
 from ..models.backbones.dino_vit_base import DINOViTBase
 from ..models.backbones.dinov2 import DINOv2
 from ..models.lora import LoRALinear
+from ..utils.checkpoint_file import is_trusted, load_checkpoint_to_model
 
 
 class SegmentorGraph(nn.Module):
@@ -152,8 +152,8 @@ def build_deploy_segmentor(cfg: Config, checkpoint: str) -> Tuple[EncoderDecoder
     init_default_scope(cfg.get('default_scope') or 'mmseg')
     model = MODELS.build(cfg.model)
     check_deployable(cfg, model)
-    loaded = load_checkpoint(model, checkpoint, map_location='cpu', strict=True,
-                             logger='silent')
+    loaded = load_checkpoint_to_model(model, checkpoint, strict=True,
+                                      trusted=is_trusted(cfg, checkpoint), logger='silent')
     model = revert_sync_batchnorm(model)
     strip_lora(model)
     if isinstance(model.backbone, DINOViTBase):

@@ -21,13 +21,13 @@ import os
 import torch
 from mmengine.config import Config, DictAction
 from mmengine.registry import init_default_scope
-from mmengine.runner import load_checkpoint
 from mmseg.registry import MODELS
 
 from dinolora_mmseg.models import merged_state_dict
 from dinolora_mmseg.models.backbones.dino_vit_base import DINOViTBase
 from dinolora_mmseg.models.lora import lora_layers
 from dinolora_mmseg.utils.atomic_write import atomic_output
+from dinolora_mmseg.utils.checkpoint_file import is_trusted, load_checkpoint_to_model
 from dinolora_mmseg.utils.integrity import save_safetensors
 
 
@@ -55,7 +55,7 @@ def load_lora_model(cfg: Config, checkpoint: str):
     model = MODELS.build(cfg.model)
     if next(lora_layers(model), None) is None:
         raise ValueError(f'{cfg.filename} builds a model without LoRA adapters: nothing to merge')
-    loaded = load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+    loaded = load_checkpoint_to_model(model, checkpoint, trusted=is_trusted(cfg, checkpoint))
     if isinstance(model.backbone, DINOViTBase):
         model.backbone.pretrained = None  # keep the (now changed) frozen weights in
     return model, loaded.get('meta', {})
