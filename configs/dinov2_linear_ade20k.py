@@ -3,6 +3,7 @@
 # 518 x 518 crops, AdamW 3e-4 for 40k iterations with 4 images per process.
 _base_ = [
     './_base_/models/dinov2_linear.py', './_base_/datasets/ade20k_518.py',
-    'mmseg::_base_/default_runtime.py', './_base_/schedules/adamw_40k.py'
+    'mmseg::_base_/default_runtime.py',
+    './_base_/default_runtime.py', './_base_/schedules/adamw_40k.py'
 ]
 model = dict(decode_head=dict(num_classes=150))

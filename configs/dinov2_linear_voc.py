@@ -2,6 +2,7 @@
 # convolution; only the head trains. Otherwise as dinov2_lora_voc.py.
 _base_ = [
     './_base_/models/dinov2_linear.py', './_base_/datasets/voc12_518.py',
-    'mmseg::_base_/default_runtime.py', './_base_/schedules/adamw_20k.py'
+    'mmseg::_base_/default_runtime.py',
+    './_base_/default_runtime.py', './_base_/schedules/adamw_20k.py'
 ]
 model = dict(decode_head=dict(num_classes=21))

@@ -5,7 +5,8 @@
 # schedule.
 _base_ = [
     './_base_/models/dinov2_lora_linear.py', './_base_/datasets/ade20k_original_490.py',
-    'mmseg::_base_/default_runtime.py', './_base_/schedules/adamw_40k.py'
+    'mmseg::_base_/default_runtime.py',
+    './_base_/default_runtime.py', './_base_/schedules/adamw_40k.py'
 ]
 data_preprocessor = dict(mean=[0.0, 0.0, 0.0], std=[255.0, 255.0, 255.0])
 model = dict(data_preprocessor=data_preprocessor, decode_head=dict(num_classes=150))

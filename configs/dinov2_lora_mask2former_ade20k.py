@@ -5,7 +5,10 @@
 # reads, with GroupNorm as the pixel decoder has (2 images per process are too few for
 # BatchNorm). Crops are 518 x 518, the 37 x 37 patch grid; test images are resized to a
 # short side of 518 px and padded to multiples of 14 by the data preprocessor.
-_base_ = 'mmseg::mask2former/mask2former_r50_8xb2-160k_ade20k-512x512.py'
+_base_ = [
+    'mmseg::mask2former/mask2former_r50_8xb2-160k_ade20k-512x512.py',
+    './_base_/default_runtime.py'
+]
 custom_imports = dict(imports=['mmdet.models', 'dinolora_mmseg'], allow_failed_imports=False)
 crop_size = (518, 518)
 scale = (2072, 518)
@@ -50,8 +53,3 @@ test_dataloader = val_dataloader
 # tenth MMSeg gives a pretrained backbone that trains as a whole.
 optim_wrapper = dict(paramwise_cfg=dict(custom_keys=dict(backbone=dict(lr_mult=1.0))))
 default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
-custom_hooks = [
-    dict(type='TrainableParamsHook'),
-    dict(type='WeightsOnlyCheckpointHook'),
-    dict(type='FiniteLossHook')
-]

@@ -4,7 +4,10 @@
 # The stock 512 x 512 crops are not multiples of 14: the data preprocessor pads every
 # batch to multiples of 14 instead of to 512 (train and test), so that predictions are
 # cropped back to the image instead of being resized from the padded one.
-_base_ = 'mmseg::upernet/upernet_r50_4xb4-80k_ade20k-512x512.py'
+_base_ = [
+    'mmseg::upernet/upernet_r50_4xb4-80k_ade20k-512x512.py',
+    './_base_/default_runtime.py'
+]
 custom_imports = dict(imports=['dinolora_mmseg'], allow_failed_imports=False)
 norm_cfg = dict(type='SyncBN', requires_grad=True)
 data_preprocessor = dict(size=None, size_divisor=14, test_cfg=dict(size_divisor=14))
@@ -25,8 +28,3 @@ model = dict(
     decode_head=dict(in_channels=[256, 256, 256, 256]),
     auxiliary_head=dict(in_channels=256))
 default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
-custom_hooks = [
-    dict(type='TrainableParamsHook'),
-    dict(type='WeightsOnlyCheckpointHook'),
-    dict(type='FiniteLossHook')
-]

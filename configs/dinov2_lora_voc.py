@@ -6,6 +6,7 @@
 #                 model.backbone.pretrained=checkpoints/dinov2_vits14_reg4_pretrain.pth
 _base_ = [
     './_base_/models/dinov2_lora_linear.py', './_base_/datasets/voc12_518.py',
-    'mmseg::_base_/default_runtime.py', './_base_/schedules/adamw_20k.py'
+    'mmseg::_base_/default_runtime.py',
+    './_base_/default_runtime.py', './_base_/schedules/adamw_20k.py'
 ]
 model = dict(decode_head=dict(num_classes=21))

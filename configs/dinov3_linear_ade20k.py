@@ -10,7 +10,8 @@
 # BatchNorm, MMSeg's after it.)
 _base_ = [
     './_base_/models/dinov3_lora_linear.py', './_base_/datasets/ade20k_512.py',
-    'mmseg::_base_/default_runtime.py', './_base_/schedules/adamw_40k.py'
+    'mmseg::_base_/default_runtime.py',
+    './_base_/default_runtime.py', './_base_/schedules/adamw_40k.py'
 ]
 model = dict(
     backbone=dict(lora=None),

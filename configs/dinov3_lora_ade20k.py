@@ -2,6 +2,7 @@
 # 512 x 512 crops, AdamW 3e-4 for 40k iterations with 4 images per process.
 _base_ = [
     './_base_/models/dinov3_lora_linear.py', './_base_/datasets/ade20k_512.py',
-    'mmseg::_base_/default_runtime.py', './_base_/schedules/adamw_40k.py'
+    'mmseg::_base_/default_runtime.py',
+    './_base_/default_runtime.py', './_base_/schedules/adamw_40k.py'
 ]
 model = dict(decode_head=dict(num_classes=150))

@@ -4,7 +4,10 @@
 # and heads stay MMSeg's. The stock 512 x 512 crops are the 32 x 32 patch grid; test
 # images are padded to multiples of 16, so that predictions are cropped back to the
 # image instead of being resized from a padded one.
-_base_ = 'mmseg::upernet/upernet_r50_4xb4-80k_ade20k-512x512.py'
+_base_ = [
+    'mmseg::upernet/upernet_r50_4xb4-80k_ade20k-512x512.py',
+    './_base_/default_runtime.py'
+]
 custom_imports = dict(imports=['dinolora_mmseg'], allow_failed_imports=False)
 norm_cfg = dict(type='SyncBN', requires_grad=True)
 data_preprocessor = dict(size=None, size_divisor=16, test_cfg=dict(size_divisor=16))
@@ -23,8 +26,3 @@ model = dict(
     decode_head=dict(in_channels=[256, 256, 256, 256]),
     auxiliary_head=dict(in_channels=256))
 default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
-custom_hooks = [
-    dict(type='TrainableParamsHook'),
-    dict(type='WeightsOnlyCheckpointHook'),
-    dict(type='FiniteLossHook')
-]

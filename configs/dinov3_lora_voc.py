@@ -6,6 +6,7 @@
 #       model.backbone.pretrained=checkpoints/dinov3_vits16_pretrain_lvd1689m-08c60483.pth
 _base_ = [
     './_base_/models/dinov3_lora_linear.py', './_base_/datasets/voc12_512.py',
-    'mmseg::_base_/default_runtime.py', './_base_/schedules/adamw_20k.py'
+    'mmseg::_base_/default_runtime.py',
+    './_base_/default_runtime.py', './_base_/schedules/adamw_20k.py'
 ]
 model = dict(decode_head=dict(num_classes=21))

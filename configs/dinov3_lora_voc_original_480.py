@@ -5,7 +5,8 @@
 # predicts. Training keeps dinov3_lora_voc.py's crops and schedule.
 _base_ = [
     './_base_/models/dinov3_lora_linear.py', './_base_/datasets/voc12_original_480.py',
-    'mmseg::_base_/default_runtime.py', './_base_/schedules/adamw_20k.py'
+    'mmseg::_base_/default_runtime.py',
+    './_base_/default_runtime.py', './_base_/schedules/adamw_20k.py'
 ]
 data_preprocessor = dict(mean=[0.0, 0.0, 0.0], std=[255.0, 255.0, 255.0])
 model = dict(data_preprocessor=data_preprocessor, decode_head=dict(num_classes=21))

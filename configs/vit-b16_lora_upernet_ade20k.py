@@ -4,7 +4,10 @@
 # adapter can hook in); mmpretrain's ViT has them as 'attn.qkv' and 'attn.proj':
 # type='mmpretrain.VisionTransformer'.
 # The ViT weights load as in the stock config (converted timm file, see MMSeg's docs).
-_base_ = 'mmseg::vit/vit_vit-b16_mln_upernet_8xb2-80k_ade20k-512x512.py'
+_base_ = [
+    'mmseg::vit/vit_vit-b16_mln_upernet_8xb2-80k_ade20k-512x512.py',
+    './_base_/default_runtime.py'
+]
 custom_imports = dict(imports=['dinolora_mmseg'], allow_failed_imports=False)
 model = dict(
     pretrained=None,
@@ -28,8 +31,3 @@ model = dict(
         lora=dict(rank=8, alpha=8, dropout=0.0,
                   targets=['ffn.layers.0.0', 'ffn.layers.1'])))
 default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
-custom_hooks = [
-    dict(type='TrainableParamsHook'),
-    dict(type='WeightsOnlyCheckpointHook'),
-    dict(type='FiniteLossHook')
-]

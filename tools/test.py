@@ -7,15 +7,20 @@ from mmengine.runner import Runner
 
 from dinolora_mmseg.datasets import leaf_configs
 from dinolora_mmseg.deployment import compile_segmentor
+from dinolora_mmseg.engine.checkpoint_io import load_checkpoint_into
 from dinolora_mmseg.engine.data_checks import check_dataloaders
 from dinolora_mmseg.engine.launch import add_common_args, prepare_launch
 from dinolora_mmseg.utils.config import load_config
+from dinolora_mmseg.utils.checkpoint_file import is_trusted
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description='Test (and evaluate) a segmentor')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='unpickle the checkpoint in full (only for a file you trust; '
+                        'by default it is read weights-only)')
     parser.add_argument('--out', help='the dir to save the predicted label maps')
     parser.add_argument('--show', action='store_true', help='show prediction results')
     parser.add_argument('--show-dir', help='the dir to save painted predictions (of every '
@@ -64,7 +69,8 @@ def main():
                          'needs at least one; start fewer')
     prepare_launch(cfg, args.launcher, args.device)
     runner = Runner.from_cfg(cfg)
-    runner.load_checkpoint(args.checkpoint, map_location='cpu', strict=True)
+    load_checkpoint_into(runner, args.checkpoint, strict=True,
+                         trusted=args.trust_checkpoint or is_trusted(cfg, args.checkpoint))
     if args.compile:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         compile_segmentor(model.module if args.tta else model)

@@ -1,27 +1,24 @@
 """Train a segmentor; the command line of MMSegmentation's ``tools/train.py``.
 
 Beyond MMSeg's script: a second training into a work dir in use is refused (see
-``dinolora_mmseg.engine.work_dir_lock``); a stock ``CheckpointHook`` in
-``default_hooks`` becomes ``AtomicCheckpointHook`` (same options; a kill or a full
-disk while saving keeps the previous checkpoint); ``--resume`` skips damaged or missing
-checkpoints and, with none left, says so and starts from the beginning.
+``dinolora_mmseg.engine.work_dir_lock``); ``load_from`` is loaded by ``LoadCheckpointHook``
+(CRC-checked, weights-only unless listed in ``trusted_checkpoints``); ``--resume`` skips
+damaged or missing checkpoints and, with none left, says so and starts from the beginning.
 """
 import argparse
 import logging
 
-from mmengine.hooks import CheckpointHook
 from mmengine.logging import print_log
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from dinolora_mmseg.engine.checkpoint_io import find_resumable_checkpoint
+from dinolora_mmseg.engine.checkpoint_io import (find_resumable_checkpoint,
+                                                load_from_through_hook)
 from dinolora_mmseg.engine.data_checks import check_dataloaders
 from dinolora_mmseg.engine.launch import add_common_args, prepare_launch
 from dinolora_mmseg.engine.precision import use_amp
 from dinolora_mmseg.engine.work_dir_lock import lock_work_dir
 from dinolora_mmseg.utils.config import load_config
-
-STOCK_CHECKPOINT_HOOKS = ('CheckpointHook', 'mmengine.CheckpointHook', CheckpointHook)
 
 
 def parse_args():
@@ -36,21 +33,10 @@ def parse_args():
     return parser.parse_args()
 
 
-def use_atomic_checkpoint_hook(cfg) -> None:
-    """Turn a stock ``CheckpointHook`` in ``cfg.default_hooks`` into ``AtomicCheckpointHook``."""
-    hook = (cfg.get('default_hooks') or {}).get('checkpoint')
-    if hook is not None and hook.get('type') in STOCK_CHECKPOINT_HOOKS:
-        hook['type'] = 'AtomicCheckpointHook'
-        print_log('default_hooks.checkpoint: CheckpointHook replaced by AtomicCheckpointHook '
-                  '(same options; outdated checkpoints are removed only after the new one is '
-                  'complete)', logger='current')
-
-
 def main():
     args = parse_args()
     cfg = load_config(args.config, args.cfg_options, args.work_dir)
     lock_work_dir(cfg.work_dir)
-    use_atomic_checkpoint_hook(cfg)
     cfg.resume = args.resume
     if args.resume and cfg.get('load_from') is None:
         # mmengine would trust last_checkpoint blindly; skip damaged or missing files instead.
@@ -59,6 +45,7 @@ def main():
             print_log(f'--resume: no complete checkpoint in {cfg.work_dir}; training starts '
                       'from the beginning', logger='current', level=logging.WARNING)
             cfg.resume = False
+    load_from_through_hook(cfg)
     check_dataloaders(cfg, ['train_dataloader', 'val_dataloader'] if cfg.get('val_cfg')
                       else ['train_dataloader'])
     prepare_launch(cfg, args.launcher, args.device)

@@ -19,6 +19,7 @@ from ..models.backbones.dino_vit_base import DINOViTBase
 from ..models.backbones.dinov2 import DINOv2
 from ..models.builder import build_model, load_model_checkpoint
 from ..models.lora import LoRALinear
+from ..utils.checkpoint_file import is_trusted
 
 
 class SegmentorGraph(nn.Module):
@@ -150,7 +151,7 @@ def build_deploy_segmentor(cfg: Config, checkpoint: str) -> Tuple[EncoderDecoder
     """
     model = build_model(cfg)
     check_deployable(cfg, model)
-    load_model_checkpoint(model, checkpoint)
+    load_model_checkpoint(model, checkpoint, trusted=is_trusted(cfg, checkpoint))
     model = revert_sync_batchnorm(model)
     strip_lora(model)
     if isinstance(model.backbone, DINOViTBase):

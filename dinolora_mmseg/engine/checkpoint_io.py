@@ -1,13 +1,14 @@
-"""How MMEngine reads and writes checkpoints once this package is imported.
+"""Checkpoint I/O of this project's tools and hooks; nothing here changes MMEngine's own.
 
-- Local checkpoints are read weights-only (``torch.load(weights_only=True)``), even
-  where a torch version or ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` would unpickle more, so
-  ``load_from``/``tools/test.py`` of a file from a stranger runs none of its code. Every
-  record is checked against its CRC-32 first, so a damaged file is refused, not
-  evaluated; a refused or damaged file is named in the error.
-- ``.safetensors`` files load as checkpoints too (checked where they carry a checksum).
-- Local files are written atomically (:mod:`dinolora_mmseg.utils.atomic_write`), so a
-  run killed while saving never leaves a torn checkpoint or ``last_checkpoint``.
+- :func:`load_checkpoint_into`: how ``tools/test.py`` and ``LoadCheckpointHook``
+  (``load_from`` of ``tools/train.py``, :func:`load_from_through_hook`) read a
+  checkpoint: CRC-checked and weights-only
+  (:func:`~dinolora_mmseg.utils.checkpoint_file.read_checkpoint`) unless the user named
+  the file as trusted (``trusted_checkpoints``,
+  :func:`~dinolora_mmseg.utils.checkpoint_file.is_trusted`).
+- :class:`AtomicLocalBackend`: the file backend ``AtomicCheckpointHook`` saves through,
+  registered under its own name, :data:`ATOMIC_LOCAL_BACKEND`, when such a hook is built.
+- :func:`find_resumable_checkpoint`: the newest complete checkpoint, for ``--resume``.
 """
 import logging
 import os
@@ -15,13 +16,15 @@ import os.path as osp
 from typing import Dict, Optional, Union
 
 from mmengine.fileio.backends import LocalBackend, register_backend
+from mmengine.fileio.backends.registry_utils import backends
 from mmengine.logging import print_log
-from mmengine.runner import CheckpointLoader
+from mmengine.model import is_model_wrapper
 
 from ..utils.atomic_write import atomic_write_bytes
-from ..utils.checkpoint_file import read_checkpoint
+from ..utils.checkpoint_file import is_trusted, load_into_model, read_checkpoint
 from ..utils.integrity import verify_zip
-from ..utils.weights import load_weights
+
+ATOMIC_LOCAL_BACKEND = 'dinolora_atomic_local'
 
 
 class AtomicLocalBackend(LocalBackend):
@@ -35,29 +38,50 @@ class AtomicLocalBackend(LocalBackend):
         self.put(obj.encode(encoding), filepath)
 
 
-register_backend('local', AtomicLocalBackend, force=True, prefixes='')
+def register_atomic_local_backend() -> str:
+    """Register :class:`AtomicLocalBackend` as :data:`ATOMIC_LOCAL_BACKEND` (once; no
+    URI prefix, so no other backend is replaced) and return that name."""
+    if ATOMIC_LOCAL_BACKEND not in backends:
+        register_backend(ATOMIC_LOCAL_BACKEND, AtomicLocalBackend)
+    return ATOMIC_LOCAL_BACKEND
 
 
-@CheckpointLoader.register_scheme(prefixes='', force=True)
-def load_local_checkpoint(filename: str, map_location=None) -> Dict:
-    """Read a local checkpoint weights-only, naming the file in every error.
-
-    Args:
-        filename (str): Path of the checkpoint.
-        map_location: As for :func:`torch.load`.
-    """
-    return read_checkpoint(filename, map_location=map_location)
-
-
-@CheckpointLoader.register_scheme(prefixes=r'.*\.safetensors$')
-def load_safetensors_checkpoint(filename: str, map_location=None) -> Dict:
-    """MMEngine loader for local ``.safetensors`` files (``load_from``, ``tools/test.py``).
+def load_from_through_hook(cfg) -> None:
+    """Hand ``cfg.load_from`` of a run that does not resume to ``LoadCheckpointHook``
+    (trusted when listed in ``trusted_checkpoints``), which reads it with
+    :func:`read_checkpoint`; MMEngine's ``load_from`` would read it with ``torch.load``.
 
     Args:
-        filename (str): Path of the file.
-        map_location: Ignored; tensors are loaded on the CPU.
+        cfg (Config): The training config; changed in place.
     """
-    return {'state_dict': load_weights(filename, prefixes=())}
+    if cfg.get('load_from') and not cfg.get('resume', False):
+        cfg.custom_hooks = [*cfg.get('custom_hooks', []), dict(
+            type='LoadCheckpointHook', filename=cfg.load_from,
+            trusted=is_trusted(cfg, cfg.load_from))]
+        cfg.load_from = None
+
+
+def load_checkpoint_into(runner, filename: str, strict: bool, trusted: bool = False) -> Dict:
+    """Load a checkpoint into ``runner``'s model as ``Runner.load_checkpoint`` does
+    (``after_load_checkpoint`` hooks, then the state dict into the unwrapped model,
+    ``module.`` prefixes dropped), reading the file with :func:`read_checkpoint`.
+
+    Args:
+        runner (Runner): The runner.
+        filename (str): Local checkpoint file.
+        strict (bool): Refuse missing and unexpected keys.
+        trusted (bool): The user named the file as trusted: unpickle it in full.
+
+    Returns:
+        dict: The checkpoint.
+    """
+    checkpoint = read_checkpoint(filename, map_location='cpu', trusted=trusted)
+    runner.call_hook('after_load_checkpoint', checkpoint=checkpoint)
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    load_into_model(model, checkpoint, strict, logger=runner.logger)
+    runner.logger.info(f'Loaded checkpoint {filename} ('
+                       f'{"trusted: unpickled in full" if trusted else "weights only"})')
+    return checkpoint
 
 
 def find_resumable_checkpoint(work_dir: str) -> Optional[str]:

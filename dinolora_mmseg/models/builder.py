@@ -4,11 +4,10 @@ from typing import Optional, Union
 import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
-from mmengine.runner.checkpoint import _load_checkpoint_to_model
 from mmseg.registry import MODELS
 from torch import nn
 
-from ..utils.checkpoint_file import read_checkpoint
+from ..utils.checkpoint_file import is_trusted, load_checkpoint_to_model
 from ..utils.config import registry_scope
 
 
@@ -28,7 +27,8 @@ def build_model(cfg: Config, checkpoint: Optional[str] = None,
         cfg (Config): The config (:func:`~dinolora_mmseg.utils.config.load_config`).
         checkpoint (str, optional): Checkpoint file of the model.
         device (str | torch.device): Where to put the model.
-        trusted (bool): The user named ``checkpoint`` as trusted: unpickle it in full.
+        trusted (bool): The user named ``checkpoint`` as trusted (as the config's
+            ``trusted_checkpoints`` can): unpickle it in full.
 
     Raises:
         RuntimeError: The checkpoint's keys do not match the model's (the message lists
@@ -39,7 +39,7 @@ def build_model(cfg: Config, checkpoint: Optional[str] = None,
     model.cfg = cfg
     model.dataset_meta = None
     if checkpoint is not None:
-        load_model_checkpoint(model, checkpoint, trusted)
+        load_model_checkpoint(model, checkpoint, trusted or is_trusted(cfg, checkpoint))
     return model.to(device).eval()
 
 
@@ -53,6 +53,5 @@ def load_model_checkpoint(model: nn.Module, checkpoint: str, trusted: bool = Fal
         checkpoint (str): Its checkpoint file.
         trusted (bool): The user named ``checkpoint`` as trusted: unpickle it in full.
     """
-    loaded = read_checkpoint(checkpoint, trusted=trusted)
-    _load_checkpoint_to_model(model, loaded, strict=True)
+    loaded = load_checkpoint_to_model(model, checkpoint, strict=True, trusted=trusted)
     model.dataset_meta = (loaded.get('meta') or {}).get('dataset_meta')

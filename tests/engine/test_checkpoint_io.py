@@ -1,18 +1,28 @@
 import errno
 import os
+import os.path as osp
+import pickle
+import re
 import subprocess
 
+import numpy as np
 import pytest
 import torch
 from mmengine.fileio import get_file_backend
+from mmengine.logging import HistoryBuffer
 from mmengine.runner import CheckpointLoader
 from safetensors.torch import save_file
 
-from dinolora_mmseg.engine.checkpoint_io import find_resumable_checkpoint
+from dinolora_mmseg.engine.checkpoint_io import (find_resumable_checkpoint,
+                                                register_atomic_local_backend)
 from dinolora_mmseg.models import DINOv2
 from dinolora_mmseg.utils import load_weights, weights
+from dinolora_mmseg.utils.checkpoint_file import is_trusted, read_checkpoint
 from dinolora_mmseg.utils.integrity import save_safetensors, verify_safetensors
-from tests.helpers import PYTHON, ROOT, TINY, corrupt_a_tensor, official_state_dict
+from tests.helpers import (PYTHON, ROOT, TINY, corrupt_a_tensor, official_state_dict,
+                           write_tiny_config)
+
+DEMO = 'configs/demo/dinov2_lora_voc_demo.py'
 
 
 class CreatesFileWhenUnpickled:
@@ -41,12 +51,97 @@ def test_dinov2_pretrained_refuses_code(evil, monkeypatch):
     assert not marker.exists()
 
 
-def test_load_from_refuses_code(evil, monkeypatch):
+def test_our_reader_refuses_code_and_names_the_opt_in(evil, monkeypatch):
     path, marker = evil
     monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
-    with pytest.raises(ValueError, match='evil.pth was not loaded'):
-        CheckpointLoader.load_checkpoint(str(path), map_location='cpu')
+    with pytest.raises(ValueError, match=r'evil.pth was not loaded.*trusted_checkpoints in the '
+                                         r'config.*--trust-checkpoint'):
+        read_checkpoint(str(path))
     assert not marker.exists()
+
+
+# Run in a fresh interpreter: what MMEngine has registered before and after the import.
+REGISTRIES = """
+import sys
+from mmengine.fileio.backends import registry_utils
+from mmengine.runner import CheckpointLoader
+def registries():
+    return [dict(CheckpointLoader._schemes), dict(registry_utils.backends),
+            dict(registry_utils.prefix_to_backends)]
+def same(before, after):
+    return all(b.keys() == a.keys() and all(b[k] is a[k] for k in b)
+               for b, a in zip(before, after))
+before = registries()
+import dinolora_mmseg
+from dinolora_mmseg.engine.hooks import AtomicCheckpointHook
+imported = registries()
+AtomicCheckpointHook(interval=1)
+built = registries()
+new = set(built[1]) - set(imported[1])
+print(same(before, imported), same(imported[:1] + imported[2:], built[:1] + built[2:]),
+      sorted(new), built[1]['local'].__module__)
+"""
+
+
+def test_importing_the_package_leaves_mmengine_loaders_and_backends_alone():
+    result = subprocess.run([PYTHON, '-c', REGISTRIES], cwd=ROOT, capture_output=True,
+                            text=True, check=True)
+    # the checkpoint hook adds a backend under its own name; 'local' stays MMEngine's
+    assert result.stdout.split() == [
+        'True', 'True', "['dinolora_atomic_local']", 'mmengine.fileio.backends.local_backend']
+
+
+def stock_mmseg_checkpoint(path):
+    """What a stock mmengine run saves: HistoryBuffers and numpy values in meta and hub."""
+    losses = HistoryBuffer()
+    losses.update(np.float64(0.5))
+    torch.save({'meta': {'mmseg_version': '1.2.2', 'iter': 80000, 'lr': np.float64(1e-4),
+                         'hist': losses},
+                'state_dict': {'w': torch.ones(3)},
+                'message_hub': {'log_scalars': {'train/loss': losses}, 'runtime_info': {}}},
+               path)
+    return path
+
+
+def test_trusted_checkpoints_is_a_list_of_paths(tmp_path):
+    from mmengine.config import Config
+    cfg = Config(dict(trusted_checkpoints=[str(tmp_path / 'sub' / '..' / 'zoo.pth')]))
+    assert is_trusted(cfg, str(tmp_path / 'zoo.pth'))
+    assert not is_trusted(cfg, str(tmp_path / 'other.pth'))
+    assert not is_trusted(Config(), str(tmp_path / 'zoo.pth'))  # nothing is trusted by default
+    with pytest.raises(TypeError, match='trusted_checkpoints must be a list of checkpoint paths'):
+        is_trusted(Config(dict(trusted_checkpoints=str(tmp_path / 'zoo.pth'))), 'zoo.pth')
+
+
+def test_a_checkpoint_url_is_read_from_the_hub_cache_and_trusted_by_its_url(tmp_path,
+                                                                           monkeypatch):
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path))
+    (tmp_path / 'checkpoints').mkdir()
+    stock_mmseg_checkpoint(tmp_path / 'checkpoints' / 'zoo.pth')
+    url = 'https://download.example.org/mmseg/zoo.pth'
+    with pytest.raises(ValueError, match=re.escape(f'trusted_checkpoints=[{url}]')):
+        read_checkpoint(url)
+    assert isinstance(read_checkpoint(url, trusted=True)['meta']['hist'], HistoryBuffer)
+
+
+def test_with_the_package_imported_mmengine_loads_as_stock(tmp_path, monkeypatch):
+    path = stock_mmseg_checkpoint(tmp_path / 'zoo.pth')
+    with pytest.raises(pickle.UnpicklingError):  # torch's default: weights only
+        CheckpointLoader.load_checkpoint(str(path), map_location='cpu')
+    monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+    with pytest.warns(UserWarning, match='TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD detected'):
+        checkpoint = CheckpointLoader.load_checkpoint(str(path), map_location='cpu')
+    assert isinstance(checkpoint['meta']['hist'], HistoryBuffer)
+
+
+def test_a_trusted_stock_checkpoint_is_read_in_full(tmp_path):
+    path = stock_mmseg_checkpoint(tmp_path / 'zoo.pth')
+    hint = re.escape(f'--cfg-options trusted_checkpoints=[{path}]) or pass --trust-checkpoint')
+    with pytest.raises(ValueError, match=f'{re.escape(str(path))} was not loaded.*{hint}'):
+        read_checkpoint(str(path))
+    checkpoint = read_checkpoint(str(path), trusted=True)
+    assert isinstance(checkpoint['meta']['hist'], HistoryBuffer)
+    assert torch.equal(checkpoint['state_dict']['w'], torch.ones(3))
 
 
 def test_importer_refuses_code(evil):
@@ -63,12 +158,12 @@ def test_damaged_checkpoint_is_named(tmp_path):
     torch.save({'state_dict': {'w': torch.zeros(100)}}, path)
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(RuntimeError, match='iter_4.pth is damaged'):
-        CheckpointLoader.load_checkpoint(str(path), map_location='cpu')
+        read_checkpoint(str(path))
 
 
 def test_local_writes_are_atomic(tmp_path, monkeypatch):
     target = tmp_path / 'iter_2.pth'
-    backend = get_file_backend(str(target))
+    backend = get_file_backend(backend_args=dict(backend=register_atomic_local_backend()))
     backend.put(b'complete', str(target))
 
     def killed(fd):
@@ -83,7 +178,7 @@ def test_local_writes_are_atomic(tmp_path, monkeypatch):
 
 def test_a_full_disk_names_the_file_and_leaves_no_temp_file(tmp_path, monkeypatch):
     target = tmp_path / 'iter_2.pth'
-    backend = get_file_backend(str(target))
+    backend = get_file_backend(backend_args=dict(backend=register_atomic_local_backend()))
     backend.put(b'complete', str(target))
 
     def full(fd):
@@ -117,7 +212,7 @@ def test_a_corrupted_tensor_is_refused_everywhere_it_loads(tmp_path):
     corrupt_a_tensor(path)
     torch.load(path, weights_only=True)  # torch does not notice: the zip is intact
     with pytest.raises(RuntimeError, match=r'iter_8.pth is damaged.*Bad CRC-32'):
-        CheckpointLoader.load_checkpoint(str(path), map_location='cpu')
+        read_checkpoint(str(path))
     with pytest.raises(RuntimeError, match=r'iter_8.pth is damaged.*Bad CRC-32'):
         load_weights(str(path))
     with pytest.raises(RuntimeError, match=r'iter_8.pth is damaged.*Bad CRC-32'):
@@ -152,7 +247,7 @@ def test_safetensors_written_here_carry_a_checksum(tmp_path):
                                            'not match the CRC-32'):
         load_weights(str(ours))
     with pytest.raises(RuntimeError, match='ours.safetensors is damaged'):
-        CheckpointLoader.load_checkpoint(str(ours), map_location='cpu')
+        read_checkpoint(str(ours))
 
 
 def test_a_renamed_pth_is_not_taken_for_safetensors(tmp_path):
@@ -189,3 +284,18 @@ def test_weights_nested_where_no_wrapper_is_known_say_where_they_are(tmp_path):
                                          r"at the top or under \['state_dict', 'model', "
                                          r"'teacher'\]; tensors were found under: 'ema.net' \(2\)"):
         load_weights(str(path))
+
+
+def test_merge_and_export_refuse_code(evil, tmp_path, monkeypatch):
+    from mmengine.config import Config
+
+    from dinolora_mmseg.deployment.segmentor_graph import build_deploy_segmentor
+    path, marker = evil
+    config = write_tiny_config(tmp_path / 'c.py', osp.join(ROOT, DEMO))
+    monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+    with pytest.raises(ValueError, match='evil.pth was not loaded'):
+        build_deploy_segmentor(Config.fromfile(config), str(path))
+    result = subprocess.run([PYTHON, 'tools/model_converters/merge_lora.py', config, path,
+                             tmp_path / 'merged.pth'], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode != 0 and 'evil.pth was not loaded' in result.stderr
+    assert not marker.exists()

@@ -7,9 +7,11 @@ import socket
 import subprocess
 import time
 
+import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
+from mmengine.logging import HistoryBuffer
 from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
@@ -174,11 +176,10 @@ runpy.run_path('tools/train.py', run_name='__main__')
 
 @pytest.mark.parametrize('failure', ['kill', 'full'])
 def test_a_failed_save_keeps_the_previous_checkpoint_and_resumes(voc, tmp_path, failure):
-    """With mmengine's own CheckpointHook in the config: tools/train.py swaps it."""
+    """AtomicCheckpointHook, as the configs set it, with max_keep_ckpts=1."""
     config = write_tiny_config(
         tmp_path / 'c.py', DEMO, voc, train_cfg='dict(max_iters=10, val_interval=1000)',
-        default_hooks="dict(checkpoint=dict(type='CheckpointHook', interval=5, "
-                      "max_keep_ckpts=1))")
+        default_hooks='dict(checkpoint=dict(interval=5, max_keep_ckpts=1))')
     work, precious = tmp_path / 'work', tmp_path / 'precious.txt'
     work.mkdir()
     precious.write_text('keep me')
@@ -200,7 +201,6 @@ def test_a_failed_save_keeps_the_previous_checkpoint_and_resumes(voc, tmp_path, 
     output = run_tool(PYTHON, 'tools/train.py', config, '--work-dir', work, '--resume')
     assert f"Resumed from {work / 'iter_5.pth'}" in output or 'resumed' in output.lower()
     assert ('left by an interrupted save' in output) == (failure == 'kill')
-    assert 'CheckpointHook replaced by AtomicCheckpointHook' in output
     assert sorted(p.name for p in work.glob('*.pth')) == ['iter_10.pth']
     assert not list(work.glob('*.tmp'))
     assert (work / 'last_checkpoint').read_text() == str(work / 'iter_10.pth')
@@ -230,9 +230,11 @@ def test_a_second_training_into_a_work_dir_in_use_is_refused(voc, tmp_path):
 
 
 def test_resume_with_nothing_resumable_starts_from_the_beginning(voc, tmp_path):
+    """With MMEngine's own CheckpointHook, which tools/train.py leaves as it is."""
     config = write_tiny_config(tmp_path / 'c.py', DEMO, voc,
                                train_cfg='dict(max_iters=2, val_interval=1000)',
-                               default_hooks='dict(checkpoint=dict(interval=2))')
+                               default_hooks="dict(checkpoint=dict(type='CheckpointHook', "
+                                             "interval=2))")
     work = tmp_path / 'work'
     work.mkdir()
     (work / 'last_checkpoint').write_text(str(work / 'iter_4.pth'))  # deleted since
@@ -241,6 +243,7 @@ def test_resume_with_nothing_resumable_starts_from_the_beginning(voc, tmp_path):
     assert f'--resume: no complete checkpoint in {work}; training starts from the beginning' \
         in output
     assert (work / 'last_checkpoint').read_text() == str(work / 'iter_2.pth')
+    assert ') CheckpointHook' in output and 'AtomicCheckpointHook' not in output
 
 
 @pytest.fixture(scope='module')
@@ -271,3 +274,71 @@ def test_a_damaged_checkpoint_gives_no_numbers(tested, tmp_path):
     assert result.returncode != 0
     assert f'{damaged} is damaged' in result.stderr and 'Bad CRC-32' in result.stderr
     assert 'Iter(test)' not in result.stdout + result.stderr  # no metrics
+
+
+def zoo_checkpoint(config, path):
+    """A checkpoint as stock mmengine saves it (MMSeg's model zoo): HistoryBuffers and numpy
+    values in ``meta`` and ``message_hub``, the model's weights (another seed than the
+    config's) in ``state_dict``."""
+    init_default_scope('mmseg')
+    torch.manual_seed(1)
+    losses = HistoryBuffer()
+    losses.update(np.float64(0.25))
+    torch.save({'meta': {'mmseg_version': '1.2.2', 'iter': 2, 'lr': np.float64(1e-4),
+                         'hist': losses},
+                'state_dict': MODELS.build(Config.fromfile(config).model).state_dict(),
+                'message_hub': {'log_scalars': {'train/loss': losses}, 'runtime_info': {}}},
+               path)
+    return path
+
+
+OPT_IN = 'add it to trusted_checkpoints in the config (--cfg-options trusted_checkpoints=[{}]) ' \
+    'or pass --trust-checkpoint to tools/test.py'
+
+
+def test_a_stock_mmseg_checkpoint_loads_once_trusted(tested, voc, tmp_path):
+    """tools/test.py and load_from of tools/train.py: refused naming the opt-in, loaded with it."""
+    _, config, _ = tested
+    zoo = zoo_checkpoint(config, tmp_path / 'zoo.pth')
+    refused = run(PYTHON, 'tools/test.py', config, zoo, '--work-dir', tmp_path / 'refused')
+    assert refused.returncode != 0 and OPT_IN.format(zoo) in refused.stderr, refused.stderr[-3000:]
+    assert 'Iter(test)' not in refused.stdout + refused.stderr
+    output = run_tool(PYTHON, 'tools/test.py', config, zoo, '--trust-checkpoint', '--work-dir',
+                      tmp_path / 'test')
+    assert 'Iter(test)' in output and 'mIoU' in output
+
+    frozen = write_tiny_config(  # the tested model, trained with a learning rate of 0
+        tmp_path / 'lr0.py', DEMO, voc, train_cfg='dict(max_iters=1, val_interval=1000)',
+        param_scheduler='[]', optim_wrapper='dict(optimizer=dict(lr=0.0))',
+        default_hooks='dict(checkpoint=dict(interval=1))')
+    refused = run(PYTHON, 'tools/train.py', frozen, '--work-dir', tmp_path / 'no',
+                  '--cfg-options', f'load_from={zoo}')
+    assert refused.returncode != 0 and OPT_IN.format(zoo) in refused.stderr, refused.stderr[-3000:]
+    assert not (tmp_path / 'no/iter_1.pth').exists()
+    run_tool(PYTHON, 'tools/train.py', frozen, '--work-dir', tmp_path / 'yes', '--cfg-options',
+             f'load_from={zoo}', f'trusted_checkpoints=[{zoo}]')
+    loaded = trainable(tmp_path / 'yes/iter_1.pth')  # lr 0: the loaded weights, unchanged
+    state = torch.load(zoo, weights_only=False)['state_dict']
+    assert loaded and all(torch.equal(v, state[k]) for k, v in loaded.items())
+
+
+class CreatesFileWhenUnpickled:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, 'w'))
+
+
+def test_a_checkpoint_whose_pickle_runs_code_is_refused_by_the_tools(tested, tmp_path):
+    _, config, checkpoint = tested
+    marker, evil = tmp_path / 'code-ran', tmp_path / 'evil.pth'
+    torch.save({'state_dict': torch.load(checkpoint, weights_only=True)['state_dict'],
+                'payload': CreatesFileWhenUnpickled(marker)}, evil)
+    force = dict(TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD='1')  # our tools pass weights_only=True
+    tested_evil = run(PYTHON, 'tools/test.py', config, evil, '--work-dir', tmp_path, env=force)
+    trained_evil = run(PYTHON, 'tools/train.py', config, '--work-dir', tmp_path / 'train',
+                       '--cfg-options', f'load_from={evil}', 'train_cfg.max_iters=1', env=force)
+    for result in (tested_evil, trained_evil):
+        assert result.returncode != 0 and f'{evil} was not loaded' in result.stderr
+    assert not marker.exists()

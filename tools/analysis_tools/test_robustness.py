@@ -37,10 +37,12 @@ from mmengine.runner import Runner
 
 from dinolora_mmseg.datasets import (CORRUPTIONS, EXTRA_CORRUPTIONS, IMAGENET_C_CORRUPTIONS,
                                      SEVERITIES, leaf_configs)
+from dinolora_mmseg.engine.checkpoint_io import load_checkpoint_into
 from dinolora_mmseg.engine.data_checks import check_dataloaders
 from dinolora_mmseg.engine.launch import add_common_args, prepare_launch
 from dinolora_mmseg.utils.atomic_write import atomic_write_bytes
 from dinolora_mmseg.utils.config import load_config
+from dinolora_mmseg.utils.checkpoint_file import is_trusted
 from dinolora_mmseg.utils.integrity import content_fingerprint
 from dinolora_mmseg.visualization.robustness_report import (FAMILY, markdown, plot, relative,
                                                             run_name, summarize)
@@ -110,7 +112,7 @@ def run_test(cfg: Config, checkpoint: str, work_dir: str, corruption: str, sever
     if corruption != 'clean':
         corrupt_test_set(cfg, corruption, severity, seed)
     runner = Runner.from_cfg(cfg)
-    runner.load_checkpoint(checkpoint, map_location='cpu', strict=True)
+    load_checkpoint_into(runner, checkpoint, strict=True, trusted=is_trusted(cfg, checkpoint))
     metrics = runner.test()
     if any(m not in metrics for m in METRICS):
         raise KeyError(f'the test evaluator gives {sorted(metrics)}; {METRICS} are needed '

@@ -26,6 +26,7 @@ from dinolora_mmseg.models.backbones.dino_vit_base import DINOViTBase
 from dinolora_mmseg.models.lora import lora_layers
 from dinolora_mmseg.utils.atomic_write import atomic_output
 from dinolora_mmseg.utils.config import load_config
+from dinolora_mmseg.utils.checkpoint_file import is_trusted
 from dinolora_mmseg.utils.integrity import save_safetensors
 
 
@@ -49,7 +50,7 @@ def load_lora_model(cfg: Config, checkpoint: str):
     model = build_model(cfg)
     if next(lora_layers(model), None) is None:
         raise ValueError(f'{cfg.filename} builds a model without LoRA adapters: nothing to merge')
-    load_model_checkpoint(model, checkpoint)
+    load_model_checkpoint(model, checkpoint, trusted=is_trusted(cfg, checkpoint))
     if isinstance(model.backbone, DINOViTBase):
         model.backbone.pretrained = None  # keep the (now changed) frozen weights in
     return model

@@ -36,8 +36,3 @@ model = dict(
             type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0, avg_non_ignore=True)),
     train_cfg=dict(),
     test_cfg=dict(mode='whole'))
-custom_hooks = [
-    dict(type='TrainableParamsHook'),
-    dict(type='WeightsOnlyCheckpointHook'),
-    dict(type='FiniteLossHook')
-]

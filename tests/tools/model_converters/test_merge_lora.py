@@ -6,11 +6,11 @@ import timm
 import torch
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
-from mmengine.runner import load_checkpoint
 from mmseg.registry import MODELS
 from timm.models.eva import checkpoint_filter_fn
 
 from dinolora_mmseg.models import DINOv2, DINOv3
+from dinolora_mmseg.utils.checkpoint_file import load_checkpoint_to_model
 from dinolora_mmseg.utils.integrity import verify_safetensors
 from tests.helpers import (PYTHON, ROOT, official_dinov3_state_dict, official_state_dict,
                            run_tool, write_tiny_config)
@@ -63,7 +63,7 @@ def test_merged_checkpoint_predicts_the_same_without_lora(lora_checkpoint, fmt):
     if fmt == 'safetensors':
         assert verify_safetensors(str(out))  # it carries a checksum, checked where it loads
     merged = build(config, lora=None)
-    load_checkpoint(merged, str(out), map_location='cpu', strict=True)
+    load_checkpoint_to_model(merged, str(out))  # strict; .safetensors too
     x = torch.randn(2, 3, 70, 98)  # padded by the backbone to multiples of its patches
     reference = logits(model, x)
     assert (logits(merged, x) - reference).abs().max() < 1e-5
@@ -158,7 +158,7 @@ def test_spatial_prior_stays_in_the_merged_checkpoint_and_is_named_when_left_out
 
     run_tool(PYTHON, TOOL, config, tmp_path / 'lora.pth', tmp_path / 'merged.pth')
     merged = build(config, lora=None)
-    load_checkpoint(merged, str(tmp_path / 'merged.pth'), map_location='cpu', strict=True)
+    load_checkpoint_to_model(merged, str(tmp_path / 'merged.pth'))
     x = torch.randn(2, 3, 56, 84)
     reference = full_logits(model, x)
     assert (full_logits(merged, x) - reference).abs().max() < 1e-5
