@@ -1,7 +1,7 @@
 from .backbones import *  # noqa: F401,F403
 from .decode_heads import *  # noqa: F401,F403
-from .lora import LoRALinear, add_lora, merge_lora, merged_state_dict, unmerge_lora
+from .lora import LoRALinear, add_lora, fold_lora
 from .necks import *  # noqa: F401,F403
 from .segmentors import *  # noqa: F401,F403
 
-__all__ = ['LoRALinear', 'add_lora', 'merge_lora', 'merged_state_dict', 'unmerge_lora']
+__all__ = ['LoRALinear', 'add_lora', 'fold_lora']

@@ -24,9 +24,8 @@ from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
 from mmseg.registry import MODELS
 
-from dinolora_mmseg.models import merged_state_dict
 from dinolora_mmseg.models.backbones.dino_vit_base import DINOViTBase
-from dinolora_mmseg.models.lora import lora_layers
+from dinolora_mmseg.models.lora import fold_lora, lora_layers
 from dinolora_mmseg.utils.atomic_write import atomic_output
 from dinolora_mmseg.utils.integrity import save_safetensors
 
@@ -80,7 +79,7 @@ def main():
                     '--backbone-only) keeps it')
     else:
         use = 'load it with the same config and model.backbone.lora=None'
-        state = merged_state_dict(model)
+        state = fold_lora(model, inplace=True).state_dict()
         obj = state if args.format == 'safetensors' else dict(
             state_dict=state, meta=dict(dataset_meta=meta.get('dataset_meta'),
                                         merged_from=os.path.abspath(args.checkpoint)))
