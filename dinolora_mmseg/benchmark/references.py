@@ -17,11 +17,10 @@ TIMM_NAMES = dict(small='vit_small_patch14', base='vit_base_patch14',
 
 
 def naive_attention_forward(self: Attention, x: torch.Tensor,
-                            norm: Optional[nn.LayerNorm] = None,
                             rope: Optional[Rope] = None) -> torch.Tensor:
     """``Attention.forward`` with the attention matrix materialised (the reference)."""
     B, N, C = x.shape
-    q, k, v = self.heads(x, norm, rope)
+    q, k, v = self.heads(x, rope)
     weights = ((q * q.shape[-1]**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
     return self.proj((weights @ v).transpose(1, 2).reshape(B, N, C))
 

@@ -16,9 +16,9 @@ from mmseg.structures import SegDataSample
 from torch import nn
 
 from ..deployment import (INPUT_NAME, OUTPUT_NAME, compile_segmentor, export_onnx,
-                          onnxruntime_session, segmentor_graph, strip_lora)
+                          onnxruntime_session, segmentor_graph)
 from ..models import build_model
-from ..models.lora import lora_layers, merge_lora
+from ..models.lora import fold_lora, lora_layers
 from ..utils.timing import synchronize
 from .measure import count_flops
 from .references import build_timm_peft
@@ -44,8 +44,7 @@ def onnxruntime_step(model: nn.Module, inputs: torch.Tensor,
     (and its memory arena if ``arena``); and the seconds the export, the session and
     the first step took."""
     start = time.perf_counter()
-    strip_lora(model)
-    graph = segmentor_graph(model.eval())
+    graph = segmentor_graph(fold_lora(model, inplace=True).eval())
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(inputs.shape, generator=generator) * 255
     with tempfile.TemporaryDirectory() as tmp:
@@ -106,7 +105,7 @@ def build_workload(cfg: Config, variant: str, mode: str, batch_size: int,
         elif next(lora_layers(model), None) is None:
             raise ValueError(f'--merge-lora: {cfg.filename} builds a model without LoRA adapters')
         else:
-            merge_lora(model)
+            fold_lora(model, inplace=True)
     model.to(device).train(mode == 'train')
 
     generator = torch.Generator(device).manual_seed(0)

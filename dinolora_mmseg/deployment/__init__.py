@@ -5,11 +5,11 @@ from .onnx_export import (INPUT_NAME, OUTPUT_NAME, check_second_size, export_onn
                           max_logit_difference, onnxruntime_session, read_metadata,
                           sample_images, staged_onnx)
 from .segmentor_graph import (SegmentorGraph, build_deploy_segmentor, fix_position_tables,
-                              segmentor_graph, strip_lora)
+                              segmentor_graph)
 
 __all__ = [
     'INPUT_NAME', 'OUTPUT_NAME', 'SegmentorGraph', 'build_deploy_segmentor', 'check_second_size',
     'compile_segmentor', 'deploy_metadata', 'export_onnx', 'fix_position_tables',
     'input_divisor', 'max_logit_difference', 'onnxruntime_session', 'read_metadata',
-    'sample_images', 'segmentor_graph', 'staged_onnx', 'strip_lora', 'test_resize'
+    'sample_images', 'segmentor_graph', 'staged_onnx', 'test_resize'
 ]

@@ -18,7 +18,7 @@ from torch import nn
 from ..models.backbones.dino_vit_base import DINOViTBase
 from ..models.backbones.dinov2 import DINOv2
 from ..models.builder import build_model, load_model_checkpoint
-from ..models.lora import LoRALinear
+from ..models.lora import fold_lora
 from ..utils.checkpoint_file import is_trusted
 
 
@@ -102,22 +102,6 @@ def fix_position_tables(backbone: nn.Module, image_size: Sequence[int]) -> None:
         backbone._rope = FixedGridTable(rope, grid, 'RoPE tables')
 
 
-@torch.no_grad()
-def strip_lora(model: nn.Module) -> int:
-    """Replace every :class:`LoRALinear` of ``model`` by an ``nn.Linear`` whose weight has
-    the adapters folded in (merged or not); returns how many were replaced."""
-    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, LoRALinear)]
-    for name, layer in layers:
-        linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
-                           device=layer.weight.device, dtype=layer.weight.dtype)
-        linear.weight.copy_(layer.merged_weight())
-        if layer.bias is not None:
-            linear.bias.copy_(layer.bias)
-        linear.requires_grad_(False)
-        model.set_submodule(name, linear)
-    return len(layers)
-
-
 def check_deployable(cfg: Config, model: nn.Module) -> None:
     """Refuse models whose test-time computation a :class:`SegmentorGraph` is not.
 
@@ -153,7 +137,7 @@ def build_deploy_segmentor(cfg: Config, checkpoint: str) -> Tuple[EncoderDecoder
     check_deployable(cfg, model)
     load_model_checkpoint(model, checkpoint, trusted=is_trusted(cfg, checkpoint))
     model = revert_sync_batchnorm(model)
-    strip_lora(model)
+    fold_lora(model, inplace=True)
     if isinstance(model.backbone, DINOViTBase):
         model.backbone.frozen_dtype = None  # compute in float32, as the weights will be
     model.float().eval().requires_grad_(False)

@@ -1,18 +1,22 @@
-"""Low-rank adapters (LoRA) for linear layers, with merge and unmerge.
+"""Low-rank adapters (LoRA) for linear layers, and folding them into plain layers.
 
 ``y = W x + b + (alpha / rank) * B(A(dropout(x)))``, where ``A`` is Kaiming-uniform
 initialised and ``B`` is zero, so a freshly adapted model computes exactly what the
 pretrained one does. An adapter may write to a slice of the output rows only, which is
 how the query, key and value thirds of a fused ``qkv`` projection are adapted apart.
+:func:`fold_lora` turns every adapted layer into the plain ``nn.Linear`` it computes,
+for merged checkpoints, the official layout, export and inference at plain-model cost.
 """
+import copy
 import math
+from itertools import chain
 from typing import Dict, Iterator, Mapping, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .lora_norm import LayerNormKeepingNormalized
+from .lora_norm import NORMALIZED
 
 RowRange = Tuple[int, int]
 
@@ -67,9 +71,6 @@ class LoRALinear(nn.Linear):
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))
             self.lora_A[name] = nn.Parameter(a)
             self.lora_B[name] = nn.Parameter(torch.zeros(end - start, rank, **factory))
-        self.merged = False
-        self._merge_after_load = False
-        self.register_load_state_dict_post_hook(self._merge_again)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, parts: Mapping[str, RowRange],
@@ -97,107 +98,48 @@ class LoRALinear(nn.Linear):
         return a, b
 
     @torch.no_grad()
-    def _fold_update_into(self, weight: torch.Tensor, sign: int) -> torch.Tensor:
-        """Add (``sign=1``) or subtract (``sign=-1``) the adapters' update in place:
-        ``weight[start:end] += sign * (alpha / r) * B_part @ A_part`` for each part, with
-        the factors cast to ``weight``'s dtype. Rows no part adapts are left untouched;
-        no zero-padded factors and no full-size update tensor are allocated.
+    def add_update_to(self, weight: torch.Tensor) -> torch.Tensor:
+        """``weight[start:end] += (alpha / r) * B_part @ A_part`` in place for each part,
+        with the factors cast to ``weight``'s dtype: rows no part adapts are left as they
+        are, and no zero-padded factors or full-size update tensor are allocated.
 
         Args:
             weight (torch.Tensor): ``(out_features, in_features)``, changed in place.
-            sign (int): ``1`` to add the update, ``-1`` to take it out.
 
         Returns:
             torch.Tensor: ``weight``.
         """
         for name, (start, end) in self.parts.items():
             weight[start:end].addmm_(self.lora_B[name].to(weight.dtype),
-                                     self.lora_A[name].to(weight.dtype),
-                                     alpha=sign * self.scaling)
+                                     self.lora_A[name].to(weight.dtype), alpha=self.scaling)
         return weight
-
-    def merged_weight(self) -> torch.Tensor:
-        """``weight`` with the adapters' update folded in, whether or not the layer is
-        merged: the weight of the same layer without LoRA. Detached; when merged it is
-        ``weight`` itself (not a copy), otherwise a new tensor."""
-        if self.merged:
-            return self.weight.detach()
-        return self._fold_update_into(self.weight.detach().clone(), 1)
 
     def _dropping(self) -> bool:
         return isinstance(self.lora_dropout, nn.Dropout) and self.lora_dropout.training
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.merged:
-            self._refuse_training_while_merged()
-            return F.linear(x, self.weight, self.bias)
+        """``W x + b + scaling * B A dropout(x)``; for ``x`` from a
+        :class:`~.lora_norm.LayerNormSharingNormalized` the adapter reads the norm's
+        normalised input instead of ``x`` (the same values, one activation less kept)."""
         if not (torch.is_grad_enabled() or self._dropping()):
             # Inference: one product with the updated weight costs less than the
             # adapter's two thin ones plus a pass over the output.
-            return F.linear(x, self.merged_weight(), self.bias)
+            return F.linear(x, self.add_update_to(self.weight.detach().clone()), self.bias)
         a, b = self.lora_factors()
         x2d = x.reshape(-1, self.in_features)
         out = F.linear(x2d, self.weight, self.bias)
-        update = F.linear(self.lora_dropout(x2d), a)
+        normalized = getattr(x, NORMALIZED, None)
+        if normalized is None or self._dropping():
+            update = F.linear(self.lora_dropout(x2d), a)
+        else:  # x = x_hat * w + b: A x from the x_hat the norm keeps anyway
+            x_hat, weight, bias = normalized
+            update = torch.addmm(a @ bias, x_hat.reshape(-1, self.in_features),
+                                 (a * weight).t())
         return self._add_update(out, update, b).view(*x.shape[:-1], self.out_features)
-
-    def forward_after_norm(self, x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
-        """``self(norm(x))`` that keeps one activation instead of two for backward.
-
-        Training ``self(norm(x))`` keeps the norm's input and the adapter's input
-        ``norm(x)``. Here ``norm(x) = x_hat * w + b`` is formed from the normalised
-        ``x_hat``, and the adapter computes ``A norm(x)`` as ``(A * w) x_hat + A b``,
-        so the normalisation and the adapter both keep ``x_hat`` and the frozen
-        product keeps nothing. Equal to ``self(norm(x))`` up to rounding; outside
-        training (or with adapter dropout active, or a norm without affine) it is
-        ``self(norm(x))``.
-
-        Args:
-            x (torch.Tensor): Input of ``norm``, ``(..., in_features)``.
-            norm (nn.LayerNorm): Layer norm over the last dimension.
-        """
-        if (self.merged or not torch.is_grad_enabled() or self._dropping()
-                or norm.weight is None or norm.bias is None):
-            return self(norm(x))
-        y, x_hat = LayerNormKeepingNormalized.apply(x, norm.weight, norm.bias, norm.eps)
-        x_hat = x_hat.reshape(-1, self.in_features)
-        out = F.linear(y.reshape(-1, self.in_features), self.weight, self.bias)
-        a, b = self.lora_factors()
-        update = torch.addmm(a @ norm.bias, x_hat, (a * norm.weight).t())
-        return self._add_update(out, update, b).view(*x.shape[:-1], self.out_features)
-
-    def _refuse_training_while_merged(self) -> None:
-        """A merged layer computes with ``W + delta`` as a constant: its adapters would
-        get no gradient, so training them is refused instead of silently freezing them."""
-        if torch.is_grad_enabled() and any(p.requires_grad for p in self.lora_parameters()):
-            raise RuntimeError(
-                f'{type(self).__name__}({self.in_features}, {self.out_features}) is merged '
-                '(merge_lora() was called): its adapters cannot train. Call unmerge_lora() '
-                'before training, or run inference under torch.no_grad().')
-
-    def lora_parameters(self) -> Iterator[nn.Parameter]:
-        """The adapter factors ``lora_A.<part>`` and ``lora_B.<part>``."""
-        yield from self.lora_A.values()
-        yield from self.lora_B.values()
-
-    def unmerged_weight(self) -> torch.Tensor:
-        """``weight`` without the adapters' update: the frozen pretrained weight."""
-        if not self.merged:
-            return self.weight.detach()
-        return self._fold_update_into(self.weight.detach().clone(), -1)
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        """State dicts hold the frozen weight unmerged (the pretrained weight plus the
-        adapters), whether or not the layer is merged at the time, so that loading one
-        never applies the update twice."""
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        if self.merged:
-            destination[prefix + 'weight'] = self.unmerged_weight()
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
                               missing_keys, unexpected_keys, error_msgs):
-        """Load an (unmerged) state dict; a merged layer is merged again with the loaded
-        adapters. Adapters of another rank or width are refused, naming key and shapes."""
+        """Refuse adapters of another rank or width, naming the key and both shapes."""
         factors = [(f'{prefix}lora_{ab}.{name}', param) for ab, params in
                    (('A', self.lora_A), ('B', self.lora_B)) for name, param in params.items()]
         for key, param in factors:
@@ -207,34 +149,14 @@ class LoRALinear(nn.Linear):
                     f'{tuple(param.shape)} (LoRA rank {self.rank}): the checkpoint\'s adapters '
                     'are of another rank or layer width; build the model with the LoRA '
                     'settings it was trained with')
-        self._merge_after_load = self.merged  # once the adapters (children) are loaded too
-        self.unmerge()
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                       missing_keys, unexpected_keys, error_msgs)
-
-    @staticmethod
-    def _merge_again(layer: 'LoRALinear', incompatible_keys) -> None:
-        if layer._merge_after_load:
-            layer._merge_after_load = False
-            layer.merge()
 
     def _add_update(self, out: torch.Tensor, update: torch.Tensor,
                     b: torch.Tensor) -> torch.Tensor:
         """``out += scaling * update @ b.T`` in place (training): no scaled copy of the
         update and no pass of its own over ``out``."""
         return out.addmm_(update.to(out.dtype), b.t().to(out.dtype), alpha=self.scaling)
-
-    def merge(self) -> None:
-        """Fold the adapters into ``weight``; the forward then costs a plain linear."""
-        if not self.merged:
-            self._fold_update_into(self.weight, 1)
-            self.merged = True
-
-    def unmerge(self) -> None:
-        """Take the adapters out of ``weight`` again."""
-        if self.merged:
-            self._fold_update_into(self.weight, -1)
-            self.merged = False
 
     def extra_repr(self) -> str:
         return (f'{super().extra_repr()}, lora_parts={list(self.parts)}, '
@@ -278,31 +200,36 @@ def train_adapters_only(model: nn.Module, mode: bool = True) -> nn.Module:
     return model
 
 
-def merge_lora(model: nn.Module) -> None:
-    """Fold every adapter of ``model`` into its frozen weights."""
-    for layer in lora_layers(model):
-        layer.merge()
-
-
-def unmerge_lora(model: nn.Module) -> None:
-    """Undo :func:`merge_lora`."""
-    for layer in lora_layers(model):
-        layer.unmerge()
-
-
 @torch.no_grad()
-def merged_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
-    """The tensors of ``model.state_dict()`` with every adapter folded into its layer's
-    weight and the adapter factors left out: the state dict of the same model without
-    LoRA, whether or not ``model`` is merged.
+def fold_lora(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """``model`` with every :class:`LoRALinear` replaced by the ``nn.Linear`` it computes
+    outside training: its weight with the update added (:meth:`LoRALinear.add_update_to`,
+    in the weight's dtype), its bias, no adapter tensors. The folded model's state dict
+    is that of the same model built without LoRA.
 
     Args:
-        model (nn.Module): A model with :class:`LoRALinear` layers.
+        model (nn.Module): A model with :class:`LoRALinear` layers (or one of them).
+        inplace (bool): Fold into ``model`` itself: the adapted weights change in place
+            and nothing of their size is allocated. Otherwise ``model`` is left unchanged
+            and a copy is folded that shares the storage of every other tensor with it
+            (as ``detach()`` does): only the adapted weights are new memory.
+
+    Returns:
+        nn.Module: The folded model (``model`` itself if ``inplace`` and it is not a
+        :class:`LoRALinear`).
     """
-    state = model.state_dict()
-    for name, layer in model.named_modules():
-        key = f'{name}.weight' if name else 'weight'
-        if isinstance(layer, LoRALinear) and key in state:
-            state[key] = layer.merged_weight()
-    return {k: v for k, v in state.items()
-            if isinstance(v, torch.Tensor) and '.lora_' not in k}
+    if not inplace:
+        adapted = {id(layer.weight) for layer in lora_layers(model)}
+        memo = {id(t): (nn.Parameter(t.detach(), t.requires_grad)
+                        if isinstance(t, nn.Parameter) else t.detach())
+                for t in chain(model.parameters(), model.buffers()) if id(t) not in adapted}
+        model = copy.deepcopy(model, memo)
+    for name, layer in [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]:
+        linear = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
+                           device='meta')
+        linear.weight, linear.bias = layer.weight, layer.bias
+        layer.add_update_to(linear.weight)
+        if not name:
+            return linear
+        model.set_submodule(name, linear)
+    return model

@@ -1,11 +1,23 @@
-"""The layer norm that lets an adapter after it keep one activation instead of two
-(:meth:`~dinolora_mmseg.models.lora.LoRALinear.forward_after_norm`)."""
-from typing import Tuple
+"""A layer norm whose output lets the adapters reading it keep one activation instead of
+two for backward.
+
+Training ``lora(norm(x))`` keeps the norm's input (or its normalised ``x_hat``) and the
+adapter's input ``norm(x)``. :class:`LayerNormSharingNormalized` attaches ``x_hat`` and
+its affine parameters to its output (the attribute :data:`NORMALIZED`); a
+:class:`~dinolora_mmseg.models.lora.LoRALinear` given that very tensor computes its
+``A norm(x)`` as ``(A * w) x_hat + A b``, so the norm and the adapter keep the same
+``x_hat``. Any other consumer sees a plain layer norm output.
+"""
+from typing import Iterable, Tuple
 
 import torch
+from torch import nn
+
+# Attribute of the output tensor: (x_hat, weight, bias) of the norm that made it.
+NORMALIZED = 'lora_normalized_input'
 
 
-class LayerNormKeepingNormalized(torch.autograd.Function):
+class _LayerNormKeepingNormalized(torch.autograd.Function):
     """Layer norm ``x_hat * weight + bias`` over the last dimension that also returns
     the normalised ``x_hat`` and keeps only ``x_hat`` (and ``1 / std``) for backward.
 
@@ -35,3 +47,35 @@ class LayerNormKeepingNormalized(torch.autograd.Function):
         grad_weight = (grad_out * x_hat).sum(dims) if ctx.needs_input_grad[1] else None
         grad_bias = grad_out.sum(dims) if ctx.needs_input_grad[2] else None
         return grad_x, grad_weight, grad_bias, None
+
+
+class LayerNormSharingNormalized(nn.LayerNorm):
+    """``nn.LayerNorm`` (over the last dimension, with affine parameters) whose output,
+    while autograd records, carries its normalised input for the adapters reading it;
+    otherwise it is ``nn.LayerNorm``'s forward. Same parameters and state-dict keys."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return super().forward(x)
+        y, x_hat = _LayerNormKeepingNormalized.apply(x, self.weight, self.bias, self.eps)
+        setattr(y, NORMALIZED, (x_hat, self.weight, self.bias))
+        return y
+
+
+def share_normalized_input(model: nn.Module, names: Iterable[str]) -> None:
+    """Make the named ``nn.LayerNorm`` submodules of ``model``
+    :class:`LayerNormSharingNormalized`, keeping their parameters.
+
+    Args:
+        model (nn.Module): Changed in place.
+        names (Iterable[str]): Dotted names of layer norms whose outputs adapters read.
+    """
+    for name in names:
+        norm = model.get_submodule(name)
+        if (type(norm) is not nn.LayerNorm or len(norm.normalized_shape) != 1
+                or norm.weight is None or norm.bias is None):
+            raise ValueError(f'{name} is not an nn.LayerNorm over one dimension with '
+                             f'affine parameters (found {norm!r})')
+        shared = LayerNormSharingNormalized(norm.normalized_shape, norm.eps, device='meta')
+        shared.weight, shared.bias = norm.weight, norm.bias
+        model.set_submodule(name, shared)

@@ -1,7 +1,7 @@
 """The speed/memory paths of DINOv2 + LoRA compute what the plain path does.
 
-Merged-LoRA inference against unmerged (1e-5) is tested in ``test_lora.py``
-(``test_merge_and_unmerge``).
+Folded-LoRA inference against the adapted model (1e-5) is tested in ``test_lora.py``
+(``test_folded_model_computes_what_the_adapted_one_does``).
 """
 import os.path as osp
 

@@ -9,7 +9,7 @@ import torch
 from timm.models.eva import checkpoint_filter_fn
 from torch import nn
 
-from dinolora_mmseg.models import DINOv3, LoRALinear
+from dinolora_mmseg.models import DINOv3, LoRALinear, fold_lora
 from dinolora_mmseg.models.backbones import frozen_pretrained
 from dinolora_mmseg.utils.fingerprint import decode_record
 from tests.helpers import PYTHON, ROOT, official_dinov3_state_dict
@@ -46,22 +46,22 @@ def test_lora_targets_include_the_swiglu_layers(pretrained):
 
 
 @pytest.mark.parametrize('arch', [TINY3, dict(SWIGLU, qkv_bias=False, swiglu_align=64)])
-def test_fresh_adapters_merge_and_unmerge(arch):
+def test_fresh_adapters_and_folding(arch):
     plain = DINOv3(arch=arch).eval()
     adapted = DINOv3(arch=arch, lora=dict(rank=3, targets=('q', 'v', 'fc1', 'fc2'))).eval()
     adapted.load_state_dict(plain.state_dict(), strict=False)
     x = torch.randn(2, 3, 48, 64)
     assert torch.equal(plain(x)[0], adapted(x)[0])
     randomise_adapters(adapted)
+    weight = adapted.blocks[1].attn.qkv.weight.clone()
+    folded = fold_lora(adapted)
     with torch.no_grad():
-        unmerged = adapted(x)[0]
-        weight = adapted.blocks[1].attn.qkv.weight.clone()
-        adapted.merge_lora()
-        assert not torch.equal(adapted.blocks[1].attn.qkv.weight, weight)
-        assert (adapted(x)[0] - unmerged).abs().max() < 1e-5
-        assert (unmerged - plain(x)[0]).abs().max() > 1e-2
-        adapted.unmerge_lora()
-    assert (adapted.blocks[1].attn.qkv.weight - weight).abs().max() < 1e-6
+        unfolded = adapted(x)[0]
+        assert not torch.equal(folded.blocks[1].attn.qkv.weight, weight)
+        assert (folded(x)[0] - unfolded).abs().max() < 1e-5
+        assert (unfolded - plain(x)[0]).abs().max() > 1e-2
+    assert torch.equal(adapted.blocks[1].attn.qkv.weight, weight)
+    plain.load_state_dict(folded.state_dict())  # the layout of the model without LoRA
 
 
 def test_frozen_by_default_and_only_adapters_train(pretrained):

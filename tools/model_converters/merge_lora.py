@@ -21,9 +21,9 @@ import os
 import torch
 from mmengine.config import Config, DictAction
 
-from dinolora_mmseg.models import build_model, load_model_checkpoint, merged_state_dict
+from dinolora_mmseg.models import build_model, load_model_checkpoint
 from dinolora_mmseg.models.backbones.dino_vit_base import DINOViTBase
-from dinolora_mmseg.models.lora import lora_layers
+from dinolora_mmseg.models.lora import fold_lora, lora_layers
 from dinolora_mmseg.utils.atomic_write import atomic_output
 from dinolora_mmseg.utils.config import load_config
 from dinolora_mmseg.utils.checkpoint_file import is_trusted
@@ -73,7 +73,7 @@ def main():
                     '--backbone-only) keeps it')
     else:
         use = 'load it with the same config and model.backbone.lora=None'
-        state = merged_state_dict(model)
+        state = fold_lora(model, inplace=True).state_dict()
         obj = state if args.format == 'safetensors' else dict(
             state_dict=state, meta=dict(dataset_meta=model.dataset_meta,
                                         merged_from=os.path.abspath(args.checkpoint)))

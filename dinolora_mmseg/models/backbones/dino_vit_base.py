@@ -10,7 +10,8 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch import nn
 
-from ..lora import LoRALinear, add_lora, merge_lora, train_adapters_only, unmerge_lora
+from ..lora import add_lora, fold_lora, train_adapters_only
+from ..lora_norm import share_normalized_input
 from ..utils import Block, PatchEmbed, Rope, SpatialPrior, checkpoint_keeping_attention
 from .frozen_pretrained import FrozenPretrainedMixin
 
@@ -232,26 +233,22 @@ class DINOViTBase(FrozenPretrainedMixin, BaseModule):
                 for module, span in rows[target]:
                     parts_by_module.setdefault(f'blocks.{index}.{module}', {})[target] = span
         add_lora(self, parts_by_module, rank=rank, alpha=alpha, dropout=dropout)
-
-    def merge_lora(self) -> None:
-        """Fold the LoRA adapters into the frozen weights (inference at plain-ViT cost)."""
-        merge_lora(self)
-
-    def unmerge_lora(self) -> None:
-        """Undo :meth:`merge_lora`."""
-        unmerge_lora(self)
+        # Adapters right after a norm read its normalised input: one activation less kept.
+        norms = [name for name, targets_after in
+                 (('norm1', {'q', 'k', 'v', 'qkv'}), ('norm2', {'fc1'}))
+                 if targets_after & set(targets)]
+        share_normalized_input(self, [f'blocks.{i}.{norm}' for i in layers for norm in norms])
 
     @torch.no_grad()
     def official_state_dict(self) -> Dict[str, torch.Tensor]:
-        """Every weight under the official release's key names, LoRA adapters folded in:
-        a file that the official code and ``pretrained=`` load as they load a release."""
-        state = {name: tensor.detach() for name, tensor in
-                 chain(self.named_parameters(), self.named_buffers())
-                 if '.lora_' not in name and not name.startswith('spatial_prior.')}
-        for name, layer in self.named_modules():
-            if isinstance(layer, LoRALinear):
-                state[f'{name}.weight'] = layer.merged_weight()
-        return self._to_official(state)
+        """Every weight under the official release's key names, LoRA adapters folded in
+        (:func:`fold_lora` of a copy; the backbone is unchanged): a file that the official
+        code and ``pretrained=`` load as they load a release."""
+        folded = fold_lora(self)
+        return self._to_official({
+            name: tensor.detach() for name, tensor in
+            chain(folded.named_parameters(), folded.named_buffers())
+            if not name.startswith('spatial_prior.')})
 
     def train(self, mode: bool = True) -> 'DINOViTBase':
         """Keep frozen weights in eval mode; LoRA dropout and the spatial prior follow

@@ -7,7 +7,6 @@ from mmengine.logging import print_log
 
 from ...utils.fingerprint import decode_record, encode_record, tensor_fingerprint
 from ...utils.weights import load_weights
-from ..lora import LoRALinear
 
 
 class FrozenPretrainedMixin:
@@ -77,12 +76,9 @@ class FrozenPretrainedMixin:
         load pre-hook has compared their fingerprints already."""
 
     def _frozen_value(self, key: str) -> torch.Tensor:
-        """The frozen parameter ``key`` as the pretrained file holds it (unmerged)."""
+        """The frozen parameter ``key`` as the pretrained file holds it."""
         module_name, _, name = key.rpartition('.')
-        module = self.get_submodule(module_name)
-        if isinstance(module, LoRALinear) and name == 'weight':
-            return module.unmerged_weight()
-        return getattr(module, name).detach()
+        return getattr(self.get_submodule(module_name), name).detach()
 
     def _check_and_complete(self, state_dict, prefix, local_metadata, strict,
                             missing_keys, unexpected_keys, error_msgs):

@@ -5,7 +5,7 @@ from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 from torch import nn
 
-from ..lora import add_lora, merge_lora, train_adapters_only, unmerge_lora
+from ..lora import add_lora, train_adapters_only
 
 
 @MODELS.register_module()
@@ -63,14 +63,6 @@ class LoRABackbone(BaseModule):
 
     def forward(self, x):
         return self.backbone(x)
-
-    def merge_lora(self) -> None:
-        """Fold the adapters into the wrapped backbone's weights."""
-        merge_lora(self)
-
-    def unmerge_lora(self) -> None:
-        """Undo :meth:`merge_lora`."""
-        unmerge_lora(self)
 
     def train(self, mode: bool = True) -> 'LoRABackbone':
         """Keep a frozen backbone in eval mode; LoRA dropout follows ``mode``."""

@@ -1,4 +1,4 @@
-from .attention import Attention, linear_after_norm
+from .attention import Attention
 from .block import Block, LayerScale
 from .checkpoint_attention import checkpoint_keeping_attention
 from .ffn import FusedSwiGLUFFN, Mlp, SwiGLUFFN, swiglu_hidden_dims
@@ -9,5 +9,5 @@ from .spatial_prior import SpatialPrior
 __all__ = [
     'Attention', 'Block', 'FusedSwiGLUFFN', 'LayerScale', 'Mlp', 'PatchEmbed', 'Rope',
     'RopePositionEmbedding', 'SpatialPrior', 'SwiGLUFFN', 'apply_rope',
-    'checkpoint_keeping_attention', 'linear_after_norm', 'swiglu_hidden_dims'
+    'checkpoint_keeping_attention', 'swiglu_hidden_dims'
 ]

@@ -9,33 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..lora import LoRALinear
 from .rope import Rope, apply_rope
-
-
-def linear_after_norm(linear: nn.Linear, x: torch.Tensor,
-                      norm: Optional[nn.Module]) -> torch.Tensor:
-    """``linear(norm(x))``, through :meth:`LoRALinear.forward_after_norm` for adapted
-    layers after a layer norm (which then keep one activation less for backward).
-
-    Args:
-        linear (nn.Linear): The projection, plain or :class:`LoRALinear`.
-        x (torch.Tensor): Tokens ``(..., in_features)``.
-        norm (nn.Module, optional): Applied to ``x`` first; ``None`` for none.
-    """
-    if norm is None:
-        return linear(x)
-    if isinstance(linear, LoRALinear) and isinstance(norm, nn.LayerNorm):
-        return linear.forward_after_norm(x, norm)
-    return linear(norm(x))
 
 
 class Attention(nn.Module):
     """Multi-head self-attention through ``F.scaled_dot_product_attention``.
 
-    ``forward(x, norm, rope)`` normalises ``x`` by ``norm`` first (see
-    :func:`linear_after_norm`) and, given ``rope``, rotates the queries and keys of the
-    patch tokens (the last ``h * w`` tokens) by their positions.
+    ``forward(x, rope)``, given ``rope``, rotates the queries and keys of the patch tokens
+    (the last ``h * w`` tokens) by their positions.
 
     Args:
         embed_dims (int): Token width.
@@ -49,25 +30,22 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(embed_dims, embed_dims * 3, bias=qkv_bias)
         self.proj = nn.Linear(embed_dims, embed_dims)
 
-    def heads(self, x: torch.Tensor, norm: Optional[nn.Module] = None,
+    def heads(self, x: torch.Tensor,
               rope: Optional[Rope] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries, keys and values, ``(B, num_heads, N, head_dims)`` each, with RoPE.
 
         Args:
-            x (torch.Tensor): Tokens ``(B, N, C)``, before ``norm`` if one is given.
-            norm (nn.Module, optional): The block's norm before attention.
+            x (torch.Tensor): Tokens ``(B, N, C)``.
             rope (Rope, optional): ``(sin, cos)`` for the patch tokens.
         """
         B, N, C = x.shape
-        qkv = linear_after_norm(self.qkv, x, norm).reshape(B, N, 3, self.num_heads,
-                                                             C // self.num_heads)
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         if rope is not None:
             q, k = apply_rope(q, rope), apply_rope(k, rope)
         return q, k, v
 
-    def forward(self, x: torch.Tensor, norm: Optional[nn.Module] = None,
-                rope: Optional[Rope] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Optional[Rope] = None) -> torch.Tensor:
         B, N, C = x.shape
-        x = F.scaled_dot_product_attention(*self.heads(x, norm, rope))
+        x = F.scaled_dot_product_attention(*self.heads(x, rope))
         return self.proj(x.transpose(1, 2).reshape(B, N, C))

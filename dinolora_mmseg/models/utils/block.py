@@ -61,5 +61,5 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, rope: Optional[Rope] = None) -> torch.Tensor:
-        x = x + self.drop_path(self.ls1(self.attn(x, self.norm1, rope)))
-        return x + self.drop_path(self.ls2(self.mlp(x, self.norm2)))
+        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x), rope)))
+        return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))

@@ -1,15 +1,11 @@
 """Feed-forward networks of the DINO vision transformers.
 
-``forward(x, norm)`` normalises ``x`` by ``norm`` first. ``first_layers`` and
-``last_layer`` name the linear layers LoRA's ``'fc1'`` and ``'fc2'`` targets adapt.
+``first_layers`` and ``last_layer`` name the linear layers LoRA's ``'fc1'`` and ``'fc2'``
+targets adapt.
 """
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from .attention import linear_after_norm
 
 
 def swiglu_hidden_dims(hidden_dims: int, align: int = 8) -> int:
@@ -40,8 +36,8 @@ class Mlp(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_dims, embed_dims)
 
-    def forward(self, x: torch.Tensor, norm: Optional[nn.Module] = None) -> torch.Tensor:
-        return self.fc2(self.act(linear_after_norm(self.fc1, x, norm)))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
 
 
 class FusedSwiGLUFFN(nn.Module):
@@ -60,8 +56,8 @@ class FusedSwiGLUFFN(nn.Module):
         self.w12 = nn.Linear(embed_dims, 2 * hidden_dims)
         self.w3 = nn.Linear(hidden_dims, embed_dims)
 
-    def forward(self, x: torch.Tensor, norm: Optional[nn.Module] = None) -> torch.Tensor:
-        x1, x2 = linear_after_norm(self.w12, x, norm).chunk(2, dim=-1)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = self.w12(x).chunk(2, dim=-1)
         return self.w3(F.silu(x1) * x2)
 
 
@@ -83,7 +79,5 @@ class SwiGLUFFN(nn.Module):
         self.w2 = nn.Linear(embed_dims, hidden_dims)
         self.w3 = nn.Linear(hidden_dims, embed_dims)
 
-    def forward(self, x: torch.Tensor, norm: Optional[nn.Module] = None) -> torch.Tensor:
-        if norm is not None:
-            x = norm(x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w3(F.silu(self.w1(x)) * self.w2(x))
