@@ -28,5 +28,8 @@ default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
 custom_hooks = [
     dict(type='TrainableParamsHook'),
     dict(type='WeightsOnlyCheckpointHook'),
-    dict(type='FiniteLossHook')
+    dict(type='FiniteLossHook'),
+    dict(type='PretrainedRecordHook'),
 ]
+# Frozen weights from the pretrained file are not broadcast when DDP wraps the model.
+model_wrapper_cfg = dict(type='PretrainedWeightsDDP')

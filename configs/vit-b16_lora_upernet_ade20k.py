@@ -31,5 +31,6 @@ default_hooks = dict(checkpoint=dict(type='AtomicCheckpointHook'))
 custom_hooks = [
     dict(type='TrainableParamsHook'),
     dict(type='WeightsOnlyCheckpointHook'),
-    dict(type='FiniteLossHook')
+    dict(type='FiniteLossHook'),
+    dict(type='PretrainedRecordHook'),
 ]

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..models.backbones.dino_vit_base import DINOViTBase
 from ..models.backbones.dinov2 import DINOv2
+from ..models.backbones.frozen_pretrained import check_pretrained_records
 from ..models.lora import LoRALinear
 
 
@@ -154,6 +155,7 @@ def build_deploy_segmentor(cfg: Config, checkpoint: str) -> Tuple[EncoderDecoder
     check_deployable(cfg, model)
     loaded = load_checkpoint(model, checkpoint, map_location='cpu', strict=True,
                              logger='silent')
+    check_pretrained_records(model, loaded)
     model = revert_sync_batchnorm(model)
     strip_lora(model)
     if isinstance(model.backbone, DINOViTBase):

@@ -26,6 +26,7 @@ from mmseg.registry import MODELS
 
 from dinolora_mmseg.models import merged_state_dict
 from dinolora_mmseg.models.backbones.dino_vit_base import DINOViTBase
+from dinolora_mmseg.models.backbones.frozen_pretrained import check_pretrained_records
 from dinolora_mmseg.models.lora import lora_layers
 from dinolora_mmseg.utils.atomic_write import atomic_output
 from dinolora_mmseg.utils.integrity import save_safetensors
@@ -56,8 +57,9 @@ def load_lora_model(cfg: Config, checkpoint: str):
     if next(lora_layers(model), None) is None:
         raise ValueError(f'{cfg.filename} builds a model without LoRA adapters: nothing to merge')
     loaded = load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+    check_pretrained_records(model, loaded)
     if isinstance(model.backbone, DINOViTBase):
-        model.backbone.pretrained = None  # keep the (now changed) frozen weights in
+        model.backbone.frozen_weights.keep_in_state_dicts()  # the frozen weights changed
     return model, loaded.get('meta', {})
 
 

@@ -39,5 +39,8 @@ model = dict(
 custom_hooks = [
     dict(type='TrainableParamsHook'),
     dict(type='WeightsOnlyCheckpointHook'),
-    dict(type='FiniteLossHook')
+    dict(type='FiniteLossHook'),
+    dict(type='PretrainedRecordHook'),
 ]
+# Frozen weights from the pretrained file are not broadcast when DDP wraps the model.
+model_wrapper_cfg = dict(type='PretrainedWeightsDDP')

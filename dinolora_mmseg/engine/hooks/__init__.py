@@ -1,8 +1,10 @@
 from .atomic_checkpoint_hook import AtomicCheckpointHook
 from .finite_loss_hook import FiniteLossHook
+from .pretrained_record_hook import PretrainedRecordHook
 from .trainable_params_hook import TrainableParamsHook
 from .weights_only_checkpoint_hook import WeightsOnlyCheckpointHook
 
 __all__ = [
-    'AtomicCheckpointHook', 'FiniteLossHook', 'TrainableParamsHook', 'WeightsOnlyCheckpointHook'
+    'AtomicCheckpointHook', 'FiniteLossHook', 'PretrainedRecordHook', 'TrainableParamsHook',
+    'WeightsOnlyCheckpointHook'
 ]
