@@ -13,7 +13,11 @@ WORKER = """
 import json, sys
 import torch
 import torch.distributed as dist
-from mmseg.registry import MODEL_WRAPPERS
+from types import SimpleNamespace
+from mmengine.config import Config
+from mmengine.logging import MMLogger
+from mmengine.registry import DefaultScope
+from mmengine.runner import Runner
 import dinolora_mmseg  # noqa: F401 registers the wrapper
 from dinolora_mmseg.models import DINOv2
 
@@ -26,8 +30,12 @@ frozen, trainable = 'blocks.0.attn.qkv.weight', 'blocks.0.attn.qkv.lora_A.q'
 with torch.no_grad():
     model.get_parameter(frozen).add_(rank)  # a difference broadcasting would remove
     model.get_parameter('blocks.0.attn.qkv.lora_B.q').normal_()
-wrapped = MODEL_WRAPPERS.build(dict(type='PretrainedWeightsDDP', device_ids=None,
-                                    module=model))
+# wrapped as the Runner wraps it, with the wrapper the configs name
+wrapper_cfg = Config.fromfile('configs/dinov2_lora_voc.py').model_wrapper_cfg
+DefaultScope.get_instance('test', scope_name='mmseg')
+runner = SimpleNamespace(distributed=True, cfg=Config(), logger=MMLogger.get_current_instance())
+wrapped = Runner.wrap_model(runner, dict(wrapper_cfg, device_ids=None), model)
+assert type(wrapped).__name__ == 'PretrainedWeightsDDP'
 def gathered(name):
     value = model.get_parameter(name).detach().float()
     values = [torch.empty_like(value) for _ in range(2)]

@@ -44,4 +44,4 @@ custom_hooks = [
     dict(type='PretrainedRecordHook'),
 ]
 # Frozen weights from the pretrained file are not broadcast when DDP wraps the model.
-model_wrapper_cfg = dict(type='PretrainedWeightsDDP')
+model_wrapper_cfg = dict(type='mmseg.PretrainedWeightsDDP')
