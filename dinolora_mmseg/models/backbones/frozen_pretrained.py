@@ -57,8 +57,9 @@ class FrozenPretrained:
              describe: str) -> None:
         """Load the file into ``model``'s parameters and buffers built on the meta device.
 
-        The parameters become the file's tensors (cast one at a time to ``dtype``, read
-        through a memory map then); buffers are float32.
+        A zip-format ``.pth`` is memory-mapped: without ``dtype`` the parameters are its
+        pages (shared by every process that maps the file, as the ranks of a run do), with
+        one they are cast from it one tensor at a time. Buffers are float32.
 
         Args:
             model (nn.Module): The backbone, built on the meta device.
