@@ -9,6 +9,7 @@ from torch import nn
 
 from ..utils.checkpoint_file import is_trusted, load_checkpoint_to_model
 from ..utils.config import registry_scope
+from .backbones.frozen_pretrained import check_pretrained_records
 
 
 def build_model(cfg: Config, checkpoint: Optional[str] = None,
@@ -45,8 +46,10 @@ def build_model(cfg: Config, checkpoint: Optional[str] = None,
 
 def load_model_checkpoint(model: nn.Module, checkpoint: str, trusted: bool = False) -> None:
     """Load ``checkpoint`` into ``model`` strictly, as :func:`build_model` does (for a
-    tool that checks the model before it reads the file); its ``meta['dataset_meta']``
-    becomes ``model.dataset_meta``.
+    tool that checks the model before it reads the file); the pretrained files its
+    ``meta`` records are checked against the model's
+    (:func:`~.backbones.frozen_pretrained.check_pretrained_records`), and its
+    ``meta['dataset_meta']`` becomes ``model.dataset_meta``.
 
     Args:
         model (nn.Module): The built model.
@@ -54,4 +57,5 @@ def load_model_checkpoint(model: nn.Module, checkpoint: str, trusted: bool = Fal
         trusted (bool): The user named ``checkpoint`` as trusted: unpickle it in full.
     """
     loaded = load_checkpoint_to_model(model, checkpoint, strict=True, trusted=trusted)
+    check_pretrained_records(model, loaded)
     model.dataset_meta = (loaded.get('meta') or {}).get('dataset_meta')

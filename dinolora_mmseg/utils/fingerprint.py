@@ -1,49 +1,26 @@
-"""Fingerprints of weights, to tell whether two sets of tensors are the same, and records
-of them that travel inside state dicts."""
-import hashlib
-import json
-from typing import Dict, Mapping, Optional
+"""Fingerprints of weight files, to tell whether two files hold the same weights."""
+import os
+from functools import lru_cache
+from typing import Tuple
 
-import torch
-
-
-def tensor_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 of names, dtypes, shapes and bytes of the tensors in ``state``.
-
-    The same tensors give the same fingerprint whatever file format or key order
-    they came in.
-
-    Args:
-        state (Mapping[str, torch.Tensor]): Tensors by name.
-
-    Returns:
-        str: The hex digest.
-    """
-    digest = hashlib.sha256()
-    for key in sorted(state):
-        tensor = state[key].detach().cpu().contiguous()
-        digest.update(f'{key}|{tensor.dtype}|{tuple(tensor.shape)}|'.encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
+from .integrity import content_fingerprint
 
 
-def encode_record(record: Dict[str, Optional[str]]) -> torch.Tensor:
-    """``record`` as a uint8 tensor of its JSON text, so that state dicts stay made of
-    tensors (MMEngine broadcasts every entry of one as a tensor).
+def file_fingerprint(path: str) -> str:
+    """:func:`~.integrity.content_fingerprint` of the file at ``path``, computed once per
+    file and process: cached by real path, inode, size and modification time, so a file
+    changed or replaced at the same path is fingerprinted again.
+
+    Cheap for zip-format torch files and this project's ``.safetensors`` (from the
+    checksums they store); other files are hashed whole, once.
 
     Args:
-        record (dict): String values by name.
+        path (str): The file.
     """
-    return torch.frombuffer(bytearray(json.dumps(record, sort_keys=True).encode()),
-                            dtype=torch.uint8)
+    stat = os.stat(path)
+    return _cached(os.path.realpath(path), (stat.st_ino, stat.st_size, stat.st_mtime_ns))
 
 
-def decode_record(value: Optional[torch.Tensor]) -> Dict[str, Optional[str]]:
-    """The dict :func:`encode_record` encoded; empty for None.
-
-    Args:
-        value (torch.Tensor, optional): A uint8 tensor from :func:`encode_record`.
-    """
-    if value is None:
-        return {}
-    return json.loads(value.cpu().numpy().tobytes().decode())
+@lru_cache(maxsize=64)
+def _cached(path: str, version: Tuple[int, int, int]) -> str:
+    return content_fingerprint(path)

@@ -123,14 +123,17 @@ def content_fingerprint(path: str) -> str:
 
     Cheap where the file holds checksums of its content (a zip-format torch file, or a
     safetensors file of :func:`save_safetensors`): they are hashed, and checked again
-    wherever the file is loaded. Any other file is hashed whole.
+    wherever the file is loaded. Any other file is hashed whole. The folder that
+    ``torch.save`` names after the file inside the archive is left out, so a copy or a
+    re-save of the same tensors under another name has the same fingerprint.
 
     Args:
         path (str): The file.
     """
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
-            records = [(i.filename, i.CRC, i.file_size) for i in archive.infolist()]
+            records = [(i.filename.partition('/')[2], i.CRC, i.file_size)
+                       for i in archive.infolist()]
         if all(crc or not size for _, crc, size in records):
             return hashlib.sha256(json.dumps(records).encode()).hexdigest()
     elif path.endswith('.safetensors'):

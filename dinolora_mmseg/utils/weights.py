@@ -10,6 +10,7 @@ from typing import Dict, Sequence
 from urllib.parse import urlparse
 
 import torch
+import torch.distributed as dist
 from mmengine.logging import print_log
 
 from .checkpoint_file import torch_load_checked
@@ -28,8 +29,22 @@ def hub_cache_path(url: str) -> str:
     return os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(urlparse(url).path))
 
 
+LOCAL_RANK_VARIABLES = ('LOCAL_RANK', 'SLURM_LOCALID', 'OMPI_COMM_WORLD_LOCAL_RANK')
+
+
+def local_rank() -> int:
+    """This process's rank on its machine, as torchrun, slurm or Open MPI set it (0 if
+    none does)."""
+    return next((int(os.environ[name]) for name in LOCAL_RANK_VARIABLES if name in os.environ),
+                0)
+
+
 def cached_download(url: str) -> str:
     """Path of ``url`` in the torch hub cache, downloading it there if missing.
+
+    In a multi-process run only local rank 0 of each machine downloads; the others wait
+    at a barrier of the default process group (when one exists) and then read the
+    cached file, as MMEngine's ``load_from_http`` does.
 
     Args:
         url (str): An ``http(s)`` address.
@@ -39,15 +54,23 @@ def cached_download(url: str) -> str:
             message says where to put it.
     """
     cached = hub_cache_path(url)
-    if not os.path.isfile(cached):
+    grouped = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    failed = None
+    if not os.path.isfile(cached) and (local_rank() == 0 or not grouped):
         os.makedirs(os.path.dirname(cached), exist_ok=True)
         try:
             torch.hub.download_url_to_file(url, cached, progress=True)
         except Exception as error:  # no network, HTTP error, DNS failure ...
-            raise FileNotFoundError(
-                f'Could not download {url} ({type(error).__name__}: {error}). '
-                f'Download it where there is internet and put it at {cached}, '
-                f'or pass its local path instead of the URL.') from error
+            failed = error  # raised after the barrier, which every rank must reach
+    if grouped:
+        dist.barrier()
+    if failed is not None or not os.path.isfile(cached):
+        reason = (f'{type(failed).__name__}: {failed}' if failed is not None
+                  else 'local rank 0 could not download it')
+        raise FileNotFoundError(
+            f'Could not download {url} ({reason}). '
+            f'Download it where there is internet and put it at {cached}, '
+            f'or pass its local path instead of the URL.') from failed
     return cached
 
 

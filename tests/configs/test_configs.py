@@ -50,6 +50,7 @@ def test_config_builds_its_model(path):
     assert 'TrainableParamsHook' in [h['type'] for h in cfg.custom_hooks]
     assert 'WeightsOnlyCheckpointHook' in [h['type'] for h in cfg.custom_hooks]
     assert 'FiniteLossHook' in [h['type'] for h in cfg.custom_hooks]
+    assert 'PretrainedRecordHook' in [h['type'] for h in cfg.custom_hooks]
     assert cfg.default_hooks.checkpoint.type == 'AtomicCheckpointHook'
 
 

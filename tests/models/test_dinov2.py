@@ -2,6 +2,7 @@ import logging
 import math
 import os
 import urllib.error
+from types import SimpleNamespace
 
 import pytest
 import timm
@@ -11,7 +12,8 @@ from mmseg.registry import MODELS
 
 from dinolora_mmseg.models import DINOv2
 from dinolora_mmseg.models.backbones import dino_vit_base
-from dinolora_mmseg.utils.fingerprint import decode_record, tensor_fingerprint
+from dinolora_mmseg.engine.hooks import PretrainedRecordHook
+from dinolora_mmseg.utils.integrity import content_fingerprint
 from tests.helpers import TINY, official_shapes, official_state_dict
 
 ARCHS = {'small': (384, 12, False), 'base': (768, 12, False),
@@ -121,7 +123,7 @@ def test_parameter_count_matches_official_layout(arch, reg):
         model = DINOv2(arch=arch, num_register_tokens=reg)
     assert sum(p.numel() for p in model.parameters()) == expected
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()
-            if k != '_extra_state'} == {k: s for k, s in shapes.items() if k != 'mask_token'}
+            } == {k: s for k, s in shapes.items() if k != 'mask_token'}
 
 
 def test_known_sizes():
@@ -249,21 +251,46 @@ def test_registered_in_mmseg():
     assert isinstance(model, DINOv2) and model.register_tokens.shape == (1, 4, 64)
 
 
+def save_checkpoint(model):
+    """A checkpoint of ``model`` as the Runner writes it, through the record hook."""
+    checkpoint = dict(meta={}, state_dict=model.state_dict())
+    PretrainedRecordHook().before_save_checkpoint(SimpleNamespace(model=model), checkpoint)
+    return checkpoint
+
+
+def load_checkpoint(model, checkpoint, strict=True):
+    """Load ``checkpoint`` as the Runner does (``load_from``, ``tools/test.py``,
+    ``--resume``): the record hook first, then the state dict."""
+    PretrainedRecordHook().after_load_checkpoint(SimpleNamespace(model=model), checkpoint)
+    return model.load_state_dict(checkpoint['state_dict'], strict=strict)
+
+
 def test_checkpoints_leave_out_weights_the_pretrained_file_restores(tmp_path):
     torch.save(official_state_dict(64, 3), tmp_path / 'w.pth')
     lora = dict(rank=2, alpha=2, targets=('q', 'v'))
     model = DINOv2(arch=TINY, pretrained=str(tmp_path / 'w.pth'), lora=lora)
-    saved = model.state_dict()
-    assert set(saved) == {f'blocks.{i}.attn.qkv.lora_{m}.{t}'
-                          for i in range(3) for m in 'AB' for t in 'qv'} | {'_extra_state'}
-    weights = official_state_dict(64, 3)
-    del weights['mask_token']  # not part of the model
-    assert decode_record(saved['_extra_state']) == dict(pretrained=str(tmp_path / 'w.pth'),
-                                         fingerprint=tensor_fingerprint(weights))
+    saved = save_checkpoint(model)
+    assert set(saved['state_dict']) == {f'blocks.{i}.attn.qkv.lora_{m}.{t}'
+                                        for i in range(3) for m in 'AB' for t in 'qv'}
+    assert saved['meta']['pretrained_weights'] == {'': dict(
+        pretrained=str(tmp_path / 'w.pth'), fingerprint=content_fingerprint(tmp_path / 'w.pth'))}
     fresh = DINOv2(arch=TINY, pretrained=str(tmp_path / 'w.pth'), lora=lora)
-    fresh.load_state_dict(saved)  # strict: frozen weights come from the pretrained file
+    result = fresh.load_state_dict(saved['state_dict'])  # strict: the file has the rest
+    assert result.missing_keys == [] and result.unexpected_keys == []
     for p, q in zip(model.parameters(), fresh.parameters()):
         assert torch.equal(p, q)
+
+
+def test_a_checkpoint_without_a_trainable_key_is_refused_strictly(tmp_path):
+    torch.save(official_state_dict(64, 3), tmp_path / 'w.pth')
+    model = DINOv2(arch=TINY, pretrained=str(tmp_path / 'w.pth'), lora=LORA)
+    state = model.state_dict()
+    del state['blocks.1.attn.qkv.lora_B.v']
+    with pytest.raises(RuntimeError, match=r'Missing key\(s\) in state_dict: '
+                       r'"blocks.1.attn.qkv.lora_B.v"'):
+        model.load_state_dict(state)
+    missing = model.load_state_dict(state, strict=False).missing_keys
+    assert missing == ['blocks.1.attn.qkv.lora_B.v']  # the frozen weights are not listed
 
 
 def test_random_init_checkpoints_carry_the_backbone():
@@ -289,33 +316,45 @@ LORA = dict(rank=2, alpha=2, targets=('q', 'v'))
 
 def test_adapters_trained_on_other_pretrained_weights_are_refused(two_pretrained_files):
     trained_on, other = two_pretrained_files
-    saved = DINOv2(arch=TINY, pretrained=trained_on, lora=LORA).state_dict()
+    saved = save_checkpoint(DINOv2(arch=TINY, pretrained=trained_on, lora=LORA))
     with pytest.raises(ValueError) as error:
-        DINOv2(arch=TINY, pretrained=other, lora=LORA).load_state_dict(saved)
+        load_checkpoint(DINOv2(arch=TINY, pretrained=other, lora=LORA), saved)
     assert f'trained on the pretrained weights {trained_on}' in str(error.value)
     assert f'this model loaded {other}' in str(error.value)
-    DINOv2(arch=TINY, pretrained=trained_on, lora=LORA).load_state_dict(saved)
+    load_checkpoint(DINOv2(arch=TINY, pretrained=trained_on, lora=LORA), saved)
     # the same tensors under another name are the same weights
     copy = os.path.join(os.path.dirname(trained_on), 'copy.pth')
     torch.save(torch.load(trained_on), copy)
-    DINOv2(arch=TINY, pretrained=copy, lora=LORA).load_state_dict(saved)
+    load_checkpoint(DINOv2(arch=TINY, pretrained=copy, lora=LORA), saved)
     # an explicit override loads them anyway
-    DINOv2(arch=TINY, pretrained=other, lora=LORA, verify_pretrained=False).load_state_dict(saved)
+    load_checkpoint(DINOv2(arch=TINY, pretrained=other, lora=LORA, verify_pretrained=False),
+                    saved)
+
+
+def test_a_pretrained_file_changed_in_place_is_fingerprinted_again(two_pretrained_files):
+    trained_on, other = two_pretrained_files
+    saved = save_checkpoint(DINOv2(arch=TINY, pretrained=trained_on, lora=LORA))
+    os.replace(other, trained_on)  # other weights at the same path
+    with pytest.raises(ValueError, match='other weights'):
+        load_checkpoint(DINOv2(arch=TINY, pretrained=trained_on, lora=LORA), saved)
 
 
 def test_adapters_without_their_pretrained_weights_are_refused(two_pretrained_files):
     """Loaded leniently (as ``load_from`` does), the left-out frozen weights would stay
     random without a word."""
-    saved = DINOv2(arch=TINY, pretrained=two_pretrained_files[0], lora=LORA).state_dict()
+    saved = save_checkpoint(DINOv2(arch=TINY, pretrained=two_pretrained_files[0], lora=LORA))
     with pytest.raises(ValueError, match='this model has pretrained=None'):
-        DINOv2(arch=TINY, lora=LORA).load_state_dict(saved, strict=False)
+        load_checkpoint(DINOv2(arch=TINY, lora=LORA), saved, strict=False)
 
 
-def test_checkpoints_from_before_fingerprints_still_load(two_pretrained_files):
+def test_checkpoints_from_before_records_still_load(two_pretrained_files):
     model = DINOv2(arch=TINY, pretrained=two_pretrained_files[0], lora=LORA)
-    saved = model.state_dict()
-    del saved['_extra_state']
-    DINOv2(arch=TINY, pretrained=two_pretrained_files[0], lora=LORA).load_state_dict(saved)
+    saved = save_checkpoint(model)
+    del saved['meta']['pretrained_weights']
+    load_checkpoint(DINOv2(arch=TINY, pretrained=two_pretrained_files[0], lora=LORA), saved)
+    # nor does the record they kept in the state dict then get in the way
+    saved['state_dict']['_extra_state'] = torch.zeros(8, dtype=torch.uint8)
+    load_checkpoint(DINOv2(arch=TINY, pretrained=two_pretrained_files[0], lora=LORA), saved)
 
 
 def test_tensors_of_another_shape_are_refused_naming_key_and_shapes():

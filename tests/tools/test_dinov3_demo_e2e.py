@@ -9,7 +9,6 @@ import pytest
 import torch
 from mmseg.datasets import PascalVOCDataset
 
-from dinolora_mmseg.utils.fingerprint import decode_record
 from tests.helpers import (PYTHON, ROOT, free_port, logged_metrics, official_dinov3_state_dict,
                            run_tool, write_run_config)
 
@@ -40,10 +39,11 @@ def trained(tmp_path_factory):
 def test_demo_config_trains_and_tests_alike(trained):
     root, config, checkpoint = trained['root'], trained['config'], trained['checkpoint']
     assert 'DINOv3: loaded pretrained weights' in trained['train']
-    state = torch.load(checkpoint, weights_only=True)['state_dict']
+    saved = torch.load(checkpoint, weights_only=True)
+    state = saved['state_dict']
     # LoRA on q and v of both blocks and the head: the frozen weights (and the RoPE
     # periods) come from the pretrained file again, which the checkpoint names.
-    record = decode_record(state.pop('backbone._extra_state'))
+    record = saved['meta']['pretrained_weights']['backbone']
     assert record['pretrained'] == str(trained['weights'])
     assert {k for k in state if k.startswith('backbone.')} == {
         f'backbone.blocks.{i}.attn.qkv.lora_{m}.{t}' for i in range(2) for m in 'AB'

@@ -8,7 +8,6 @@ import re
 import pytest
 import torch
 
-from dinolora_mmseg.utils.fingerprint import decode_record
 from tests.helpers import (PYTHON, ROOT, free_port, load_tool, logged_metrics,
                            official_state_dict, run_tool, write_run_config)
 from tests.tools.test_train_test_e2e import majority_class_miou
@@ -69,8 +68,9 @@ def logged_trainable(output: str) -> int:
 
 
 def test_checkpoint_holds_only_what_trains(trained):
-    state = torch.load(trained['checkpoint'], weights_only=True)['state_dict']
-    record = decode_record(state.pop('backbone._extra_state'))
+    saved = torch.load(trained['checkpoint'], weights_only=True)
+    state = saved['state_dict']
+    record = saved['meta']['pretrained_weights']['backbone']
     assert record['pretrained'] == str(trained['weights'])
     assert {k for k in state if k.startswith('backbone.')} == LORA_KEYS
     assert any(k.startswith('neck.') for k in state)
@@ -80,7 +80,6 @@ def test_checkpoint_holds_only_what_trains(trained):
 def test_checkpoint_with_a_spatial_prior_holds_it_and_its_statistics(trained_with_prior):
     trained = trained_with_prior
     state = torch.load(trained['checkpoint'], weights_only=True)['state_dict']
-    state.pop('backbone._extra_state')
     backbone = {k for k in state if k.startswith('backbone.')}
     prior = backbone - LORA_KEYS
     assert LORA_KEYS <= backbone and prior and all(k.startswith('backbone.spatial_prior.')

@@ -1,13 +1,13 @@
 """The mission path on demo data: train -> test -> 2-process dist_test, on the CPU."""
 import os
 import os.path as osp
+import subprocess
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from dinolora_mmseg.utils.fingerprint import decode_record
 from tests.helpers import PYTHON, ROOT, free_port, logged_metrics, official_state_dict, run_tool
 
 TINY_ARCH = 'dict(_delete_=True, embed_dims=192, num_layers=2, num_heads=3)'
@@ -127,15 +127,27 @@ def test_checkpoint_with_pretrained_backbone_holds_only_what_trains(demo, tmp_pa
     train = run_tool(PYTHON, 'tools/train.py', config, '--work-dir', tmp_path / 'work',
                      '--cfg-options', 'train_cfg.max_iters=2', 'train_cfg.val_interval=2')
     checkpoint = tmp_path / 'work' / 'iter_2.pth'
-    state = torch.load(checkpoint, weights_only=True)['state_dict']
-    backbone = {k for k in state if k.startswith('backbone.')} - {'backbone._extra_state'}
+    saved = torch.load(checkpoint, weights_only=True)
+    state = saved['state_dict']
+    backbone = {k for k in state if k.startswith('backbone.')}
     assert backbone and all('.lora_' in k for k in backbone)
-    assert decode_record(state.pop('backbone._extra_state'))['pretrained'] == str(weights)
+    assert saved['meta']['pretrained_weights']['backbone']['pretrained'] == str(weights)
     assert sum(v.numel() for v in state.values()) == 12 * 2 * 2 * 3 * 384 + 384 * 21 + 21
     assert os.path.getsize(checkpoint) < 5 * 2**20
     test = run_tool(PYTHON, 'tools/test.py', config, checkpoint, '--work-dir', tmp_path / 'test')
     assert logged_metrics(test, 'test') == logged_metrics(train, 'val')
     assert 'missing keys' not in test
+    # other pretrained weights of the same shapes: refused, naming both files
+    other = tmp_path / 'other.pth'
+    torch.save(official_state_dict(384, 12, 4, seed=1), other)
+    refused = subprocess.run([PYTHON, 'tools/test.py', config, checkpoint, '--work-dir',
+                              tmp_path / 'test', '--cfg-options',
+                              f'model.backbone.pretrained={other}'], cwd=ROOT,
+                             capture_output=True, text=True, env=dict(os.environ,
+                                                                      PYTHONPATH=ROOT))
+    assert refused.returncode != 0 and 'mIoU: ' not in refused.stdout
+    assert (f'trained on the pretrained weights {weights}' in refused.stderr
+            and f'this model loaded {other}' in refused.stderr), refused.stderr[-3000:]
 
 
 def test_dist_train_runs_two_cpu_processes(demo, tmp_path):

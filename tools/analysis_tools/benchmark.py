@@ -1,9 +1,17 @@
-"""Time training steps or inference of a segmentor: speed, memory, FLOPs, references.
+"""Time training steps or inference of a segmentor: speed, memory, FLOPs, references;
+or the time to build its backbone from the pretrained file.
 
     python tools/analysis_tools/benchmark.py CONFIG --mode {train,infer} --batch-size B \
         --img-size H W [--amp] [--with-cp] [--merge-lora] [--iters N] [--warmup N] [--rounds R] \
         [--memory-steps N] [--backend {pytorch,compile,onnxruntime} ...] \
         [--reference {timm-peft,naive-attention,no-lora}] [--json OUT] [--cfg-options ...]
+    python tools/analysis_tools/benchmark.py CONFIG --mode build [--rounds R] [--json OUT] \
+        [--cfg-options model.backbone.pretrained=FILE ...]
+
+``--mode build`` times building the config's backbone from its ``pretrained`` file
+against ``torch.load`` of that file, each in a fresh child process per round,
+alternating (the file in the page cache for both after the first); ``build_over_torch_load``
+is the ratio of the times.
 
 The model of CONFIG (random backbone weights when its ``pretrained`` file is not
 here) runs on random inputs in a fresh child process per measurement (this script with
@@ -52,6 +60,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from mmengine.config import Config, DictAction
 
+from dinolora_mmseg.benchmark.build_time import (BUILD_VARIANTS, summarise_build_times,
+                                                 time_build_variant)
 from dinolora_mmseg.benchmark.measure import (MEMORY_CHILD_ENV, cpu_model, proc_status_bytes,
                                               reset_peak_rss, trim_freed_memory)
 from dinolora_mmseg.benchmark.references import (REFERENCES, check_reference,
@@ -67,9 +77,10 @@ from dinolora_mmseg.utils.weights import hub_cache_path, is_url
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Benchmark a segmentor on random inputs')
     parser.add_argument('config', help='config file of the model')
-    parser.add_argument('--mode', choices=['train', 'infer'], required=True)
-    parser.add_argument('--batch-size', type=int, required=True)
-    parser.add_argument('--img-size', type=int, nargs=2, required=True, metavar=('H', 'W'))
+    parser.add_argument('--mode', choices=['train', 'infer', 'build'], required=True)
+    parser.add_argument('--batch-size', type=int, help='required for train and infer')
+    parser.add_argument('--img-size', type=int, nargs=2, metavar=('H', 'W'),
+                        help='required for train and infer')
     parser.add_argument('--amp', action='store_true', help='bfloat16 autocast (CPU and GPU)')
     parser.add_argument('--with-cp', action='store_true',
                         help='activation checkpointing of each backbone block')
@@ -94,11 +105,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings of the config, key=value')
     # Internal: run one measurement in this (child) process and write it to a file.
-    parser.add_argument('--worker', choices=BACKENDS + REFERENCES, help=argparse.SUPPRESS)
+    parser.add_argument('--worker', choices=BACKENDS + REFERENCES + BUILD_VARIANTS,
+                        help=argparse.SUPPRESS)
     parser.add_argument('--worker-out', help=argparse.SUPPRESS)
     parser.add_argument('--worker-flops', action='store_true', help=argparse.SUPPRESS)
     parser.add_argument('--worker-memory', action='store_true', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.mode == 'build':
+        args.batch_size, args.img_size = 1, (1, 1)  # unused
+    elif args.batch_size is None or args.img_size is None:
+        parser.error(f'--mode {args.mode} needs --batch-size and --img-size')
     numbers = dict(batch_size=args.batch_size, iters=args.iters, rounds=args.rounds,
                    img_size=min(args.img_size), memory_steps=args.memory_steps)
     if args.matmul_size is not None:
@@ -149,6 +165,8 @@ def run_worker(args: argparse.Namespace) -> Dict:
     if args.worker == 'naive-attention':
         Attention.forward = naive_attention_forward
     cfg, _ = benchmark_config(args)
+    if args.mode == 'build':
+        return dict(seconds=time_build_variant(cfg.model.backbone.to_dict(), args.worker))
     device = torch.device(args.device)
     ours = args.worker in BACKENDS
     workload = build_workload(cfg, 'ours' if ours else args.worker, args.mode, args.batch_size,
@@ -208,6 +226,35 @@ def measure_child(argv: Sequence[str], variant: str, count: bool = False,
             return json.load(f)
 
 
+def build_report(argv: Sequence[str], args: argparse.Namespace) -> Dict:
+    """``--mode build``: building the backbone from its pretrained file against
+    ``torch.load`` of the file, alternating fresh child processes for ``--rounds`` rounds."""
+    cfg, notes = benchmark_config(args)
+    if not cfg.model.backbone.get('pretrained'):
+        raise SystemExit('--mode build times building from the pretrained file: '
+                         + ('; '.join(notes) or 'the config has no model.backbone.pretrained'))
+    times = {variant: [] for variant in BUILD_VARIANTS}
+    for index in range(args.rounds):
+        for variant in BUILD_VARIANTS[::-1] if index % 2 else BUILD_VARIANTS:
+            print(f'round {index + 1}/{args.rounds}: {variant}', flush=True)
+            times[variant].append(measure_child(argv, variant)['seconds'])
+    report = dict(config=args.config, mode='build', rounds=args.rounds,
+                  cfg_options=args.cfg_options, device_name=cpu_model(),
+                  torch=torch.__version__, **summarise_build_times(times))
+    for variant, summary in report['variants'].items():
+        print(f'{variant}: median {summary["median_s"]:.3f} s (min {summary["min_s"]:.3f}, '
+              f'max {summary["max_s"]:.3f})')
+    ratio = report['build_over_torch_load']
+    print(f'build / torch.load: {ratio["pooled"]:.3f} (of medians), {ratio["paired"]:.3f} '
+          '(median of the rounds\' ratios)')
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, 'w') as f:
+            json.dump(report, f, indent=2)
+        print(f'wrote {args.json}')
+    return report
+
+
 def main(argv: Optional[Sequence[str]] = None) -> Optional[Dict]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -215,6 +262,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[Dict]:
         with open(args.worker_out, 'w') as f:
             json.dump(run_worker(args), f)
         return None
+    if args.mode == 'build':
+        return build_report(argv, args)
 
     cfg, notes = benchmark_config(args)
     if args.reference:

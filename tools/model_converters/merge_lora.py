@@ -52,7 +52,7 @@ def load_lora_model(cfg: Config, checkpoint: str):
         raise ValueError(f'{cfg.filename} builds a model without LoRA adapters: nothing to merge')
     load_model_checkpoint(model, checkpoint, trusted=is_trusted(cfg, checkpoint))
     if isinstance(model.backbone, DINOViTBase):
-        model.backbone.pretrained = None  # keep the (now changed) frozen weights in
+        model.backbone.frozen_weights.keep_in_state_dicts()  # the frozen weights changed
     return model
 
 

@@ -1,10 +1,11 @@
 from .atomic_checkpoint_hook import AtomicCheckpointHook
 from .finite_loss_hook import FiniteLossHook
 from .load_checkpoint_hook import LoadCheckpointHook
+from .pretrained_record_hook import PretrainedRecordHook
 from .trainable_params_hook import TrainableParamsHook
 from .weights_only_checkpoint_hook import WeightsOnlyCheckpointHook
 
 __all__ = [
-    'AtomicCheckpointHook', 'FiniteLossHook', 'LoadCheckpointHook', 'TrainableParamsHook',
-    'WeightsOnlyCheckpointHook'
+    'AtomicCheckpointHook', 'FiniteLossHook', 'LoadCheckpointHook', 'PretrainedRecordHook',
+    'TrainableParamsHook', 'WeightsOnlyCheckpointHook'
 ]

@@ -13,18 +13,19 @@ from torch import nn
 from ..lora import add_lora, fold_lora, train_adapters_only
 from ..lora_norm import share_normalized_input
 from ..utils import Block, PatchEmbed, Rope, SpatialPrior, checkpoint_keeping_attention
-from .frozen_pretrained import FrozenPretrainedMixin
+from .frozen_pretrained import FrozenPretrained
 
 FROZEN_DTYPES = {'float32': None, 'bfloat16': torch.bfloat16}
 
 
-class DINOViTBase(FrozenPretrainedMixin, BaseModule):
+class DINOViTBase(BaseModule):
     """A DINO vision transformer: patch tokens after prefix tokens, pre-norm blocks, LoRA.
 
     Subclasses add the prefix tokens and the position information (``_build_tokens``,
     ``_init_tokens``, ``_prepare_tokens``, ``_rope``) and convert the official key
-    layout (``_from_official``, ``_to_official``); they set the attributes their hooks
-    read before calling ``__init__``.
+    layout (``_from_official``, ``_to_official``). The pretrained file, the freezing and
+    the record of which file it was are one component, :attr:`frozen_weights` (a
+    :class:`FrozenPretrained`).
 
     Args:
         arch (str | dict): A name of the subclass's ``arch_zoo`` or a dict with
@@ -44,7 +45,8 @@ class DINOViTBase(FrozenPretrainedMixin, BaseModule):
         verify_pretrained (bool): Refuse to load a checkpoint (``load_from``,
             ``tools/test.py``, ``--resume``) whose adapters were trained on other
             pretrained weights than ``pretrained`` holds: checkpoints leave the frozen
-            weights out and record the fingerprint of the ones they were trained on.
+            weights out and record (in their ``meta``) the file they were trained on and
+            its fingerprint (:class:`PretrainedRecordHook`).
         frozen (bool): Pretrained weights get ``requires_grad=False`` and stay in
             eval mode; only LoRA adapters (and downstream heads) train.
         frozen_dtype (str): ``'float32'`` or ``'bfloat16'``: the frozen weights are kept
@@ -104,9 +106,8 @@ class DINOViTBase(FrozenPretrainedMixin, BaseModule):
         self.frozen = frozen
         self.frozen_dtype = FROZEN_DTYPES[frozen_dtype]
         self.out_indices = self._normalise_indices(out_indices, 'out_indices')
-        self.pretrained = pretrained
-        self.pretrained_fingerprint: Optional[str] = None
-        self.verify_pretrained = verify_pretrained
+        self.frozen_weights = FrozenPretrained(self.family, pretrained, frozen,
+                                               self.frozen_dtype, verify_pretrained)
         self._warned_padding = False
 
         # With a pretrained file, build without memory and let the file's tensors in.
@@ -122,25 +123,15 @@ class DINOViTBase(FrozenPretrainedMixin, BaseModule):
             self.norm = nn.LayerNorm(embed_dims, eps=self.norm_eps)
             self._init_random()
         if pretrained:
-            self.load_pretrained(pretrained)
+            self.frozen_weights.load(self, self._from_official, self._describe())
         else:
-            print_log(f'{self.family}: no pretrained weights given; the backbone is randomly '
-                      'initialised', logger='current', level=logging.WARNING)
-            if self.frozen_dtype is not None:
-                for param in self.parameters():
-                    param.data = param.data.to(self.frozen_dtype)
-        if frozen:
-            self.requires_grad_(False)
-        # What the pretrained file restores: frozen parameters and the buffers.
-        self.frozen_keys = frozenset(chain(
-            (name for name, p in self.named_parameters() if not p.requires_grad),
-            (name for name, _ in self.named_buffers())))
+            self.frozen_weights.keep_random(self)
+        self.frozen_weights.freeze(self)
         if lora is not None:
             self._add_lora(**lora)
         self.spatial_prior = (None if spatial_prior is None
                               else SpatialPrior(in_channels, **spatial_prior))
-        self._register_state_dict_hook(self._drop_restorable_weights)
-        self._register_load_state_dict_pre_hook(self._check_and_complete, with_module=False)
+        self.frozen_weights.attach(self)
 
     @staticmethod
     def _token_count(name: str, value) -> int:

@@ -1,43 +1,81 @@
-"""Pretrained weights that stay frozen: loading them, and keeping them out of checkpoints."""
+"""The frozen pretrained weights of a backbone: loading them, keeping them out of
+checkpoints, and the record of which file they came from."""
+import logging
 from itertools import chain
-from typing import Dict, Sequence
+from typing import Callable, Dict, Mapping, Optional, Sequence
 
 import torch
 from mmengine.logging import print_log
+from torch import nn
 
-from ...utils.fingerprint import decode_record, encode_record, tensor_fingerprint
-from ...utils.weights import load_weights
+from ...utils.fingerprint import file_fingerprint
+from ...utils.weights import cached_download, is_url, load_weights
+
+RECORD_KEY = 'pretrained_weights'
 
 
-class FrozenPretrainedMixin:
-    """Loading and checkpoint behaviour of a backbone with frozen pretrained weights.
+class FrozenPretrained:
+    """The weights a backbone takes from its pretrained file and keeps frozen.
 
-    The pretrained file is loaded into a model built on the meta device: its tensors
-    become the parameters, so memory never holds two copies of the weights. Training
-    checkpoints leave the frozen weights out and record the fingerprint of the file
-    they came from; loading such a checkpoint takes them from ``pretrained`` again.
+    The backbone owns one and calls it explicitly: :meth:`load` fills a model built on
+    the meta device with the file's tensors (they become the parameters: one copy in
+    memory), :meth:`freeze` freezes them and :meth:`attach` registers the state-dict
+    hooks. Checkpoints then leave the frozen weights out (the file has them), and a
+    load reports them as missing no more; :meth:`record` names the file and its
+    fingerprint (:func:`~dinolora_mmseg.utils.fingerprint.file_fingerprint`, cheap),
+    which :func:`check_pretrained_records` compares when a checkpoint is loaded.
 
-    The class using it sets ``family`` (its name in messages), ``pretrained``,
-    ``pretrained_fingerprint``, ``verify_pretrained``, ``frozen``, ``frozen_dtype``
-    and ``frozen_keys``, and implements ``_from_official`` (the official key layout to
-    its own state dict).
+    Args:
+        family (str): The backbone's name in messages.
+        path (str, optional): Local ``.pth``/``.pt``/``.safetensors`` file or
+            ``http(s)`` URL in the official key layout; None: random weights.
+        frozen (bool): Freeze the loaded weights (and leave them out of checkpoints).
+        dtype (torch.dtype, optional): Keep the frozen parameters in this dtype (the
+            buffers stay float32); None keeps the file's.
+        verify (bool): Refuse checkpoints whose adapters were trained on other
+            pretrained weights.
     """
 
-    def load_pretrained(self, path: str) -> None:
-        """Load an official-layout checkpoint into the parameters built on the meta device.
+    def __init__(self, family: str, path: Optional[str], frozen: bool = True,
+                 dtype: Optional[torch.dtype] = None, verify: bool = True):
+        self.family = family
+        self.path = path
+        self.frozen = frozen
+        self.dtype = dtype
+        self.verify = verify
+        self.fingerprint: Optional[str] = None
+        self.keys: frozenset = frozenset()  # what checkpoints leave out, set by freeze()
+        self._prefix: Optional[str] = None  # of the state dict being loaded
 
-        The parameters become the file's tensors (cast one at a time to ``frozen_dtype``,
-        read through a memory map then); buffers are float32.
+    @property
+    def leaves_out(self) -> bool:
+        """Whether checkpoints leave the frozen weights out (the file restores them)."""
+        return bool(self.path) and self.frozen
+
+    def load(self, model: nn.Module,
+             from_official: Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]],
+             describe: str) -> None:
+        """Load the file into ``model``'s parameters and buffers built on the meta device.
+
+        A zip-format ``.pth`` is memory-mapped: without ``dtype`` the parameters are its
+        pages (shared by every process that maps the file, as the ranks of a run do), with
+        one they are cast from it one tensor at a time. Buffers are float32.
+
+        Args:
+            model (nn.Module): The backbone, built on the meta device.
+            from_official (Callable): The official key layout to the model's state dict.
+            describe (str): The model's sizes, for messages.
 
         Raises:
-            FileNotFoundError: ``path`` is missing or cannot be downloaded.
+            FileNotFoundError: The file is missing or cannot be downloaded.
             ValueError: A key is missing, unexpected or of another shape; the message
                 names the key and both shapes.
         """
-        cast = self.frozen_dtype is not None
-        state = self._from_official(load_weights(path, mmap=cast))
-        params = dict(self.named_parameters())
-        own = dict(chain(params.items(), self.named_buffers()))
+        local = cached_download(self.path) if is_url(self.path) else self.path
+        cast = self.dtype is not None
+        state = from_official(load_weights(local, mmap=True))
+        params = dict(model.named_parameters())
+        own = dict(chain(params.items(), model.named_buffers()))
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
         wrong = [f'{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}'
@@ -45,75 +83,151 @@ class FrozenPretrainedMixin:
         if missing or unexpected or wrong:
             lines = ([f'missing keys: {missing}'] if missing else []) + (
                 [f'unexpected keys: {unexpected}'] if unexpected else []) + wrong
-            raise ValueError(f'{path} does not fit {self.family}({self._describe()}):\n  '
+            raise ValueError(f'{self.path} does not fit {self.family}({describe}):\n  '
                              + '\n  '.join(lines))
-        self.pretrained_fingerprint = tensor_fingerprint(state)
+        self.fingerprint = file_fingerprint(local)
         for key in list(state):  # one tensor at a time, the file's copy freed as it goes
-            dtype = self.frozen_dtype if cast and key in params else torch.float32
+            dtype = self.dtype if cast and key in params else torch.float32
             state[key] = state.pop(key).to(dtype, copy=cast)
-        self.load_state_dict({**state, '_extra_state': self.get_extra_state()}, assign=True)
-        print_log(f'{self.family}: loaded pretrained weights from {path}', logger='current')
+        model.load_state_dict(state, assign=True)
+        print_log(f'{self.family}: loaded pretrained weights from {self.path}',
+                  logger='current')
 
-    def _drop_restorable_weights(self, module, state_dict, prefix, local_metadata):
+    def keep_random(self, model: nn.Module) -> None:
+        """No file: keep ``model``'s random weights (in ``dtype``), with a warning."""
+        print_log(f'{self.family}: no pretrained weights given; the backbone is randomly '
+                  'initialised', logger='current', level=logging.WARNING)
+        if self.dtype is not None:
+            for param in model.parameters():
+                param.data = param.data.to(self.dtype)
+
+    def freeze(self, model: nn.Module) -> None:
+        """Freeze ``model``'s weights (if ``frozen``); what the file restores (frozen
+        parameters and the buffers) is what checkpoints leave out from now on. Call
+        it before adding trainable modules."""
+        if self.frozen:
+            model.requires_grad_(False)
+        self.keys = frozenset(chain(
+            (name for name, p in model.named_parameters() if not p.requires_grad),
+            (name for name, _ in model.named_buffers())))
+
+    def attach(self, model: nn.Module) -> None:
+        """Register ``model``'s state-dict hooks: saving leaves the frozen weights out,
+        loading refuses tensors of other shapes and reports the left-out weights as
+        missing no more."""
+        model._register_state_dict_hook(self._leave_out)
+        model._register_load_state_dict_pre_hook(self._check_shapes, with_module=True)
+        model.register_load_state_dict_post_hook(self._filter_missing)
+
+    def keep_in_state_dicts(self) -> None:
+        """The frozen weights no longer equal the file's (adapters folded in, say): state
+        dicts carry them from now on, and no record names the file."""
+        self.path = self.fingerprint = None
+
+    def record(self) -> Dict[str, Optional[str]]:
+        """Which pretrained weights the model was built on: the file and its fingerprint."""
+        return dict(pretrained=self.path, fingerprint=self.fingerprint)
+
+    def check_record(self, record: Mapping[str, Optional[str]]) -> None:
+        """Raise if the adapters of a checkpoint that left the frozen weights out were
+        trained on other pretrained weights (``record``, from :meth:`record`).
+
+        An empty record (a checkpoint from before records) is accepted; a model without
+        ``pretrained`` is refused by the load itself.
+
+        Raises:
+            ValueError: The fingerprints differ; the message names both files.
+        """
+        if not (self.leaves_out and self.verify and record.get('fingerprint')):
+            return
+        if record['fingerprint'] != self.fingerprint:
+            raise ValueError(
+                f'the checkpoint\'s adapters were trained on the pretrained weights '
+                f'{record.get("pretrained")} (fingerprint {record["fingerprint"][:16]}), but '
+                f'this model loaded {self.path} (fingerprint {self.fingerprint[:16]}): other '
+                'weights, so the adapters would compute something else. Point '
+                'model.backbone.pretrained at the file the checkpoint was trained with '
+                '(or set model.backbone.verify_pretrained=False to load it anyway)')
+
+    def _leave_out(self, module, state_dict, prefix, local_metadata):
         """Keep frozen pretrained weights out of checkpoints: the pretrained file has them.
 
         Without a pretrained file (random init) they are the only copy and stay in.
         """
-        if self.pretrained and self.frozen:
-            for key in self.frozen_keys:
+        if self.leaves_out:
+            for key in self.keys:
                 state_dict.pop(prefix + key, None)
         return state_dict
 
-    def get_extra_state(self) -> torch.Tensor:
-        """Saved with every state dict: which pretrained weights the model was built on
-        (the file and the fingerprint of its tensors, as a tensor of JSON text: MMEngine
-        broadcasts every state-dict entry as a tensor when a multi-process run starts)."""
-        return encode_record(dict(pretrained=self.pretrained,
-                                  fingerprint=self.pretrained_fingerprint))
-
-    def set_extra_state(self, state: torch.Tensor) -> None:
-        """Nothing to restore: the pretrained weights come from ``pretrained``; the
-        load pre-hook has compared their fingerprints already."""
-
-    def _frozen_value(self, key: str) -> torch.Tensor:
-        """The frozen parameter ``key`` as the pretrained file holds it."""
-        module_name, _, name = key.rpartition('.')
-        return getattr(self.get_submodule(module_name), name).detach()
-
-    def _check_and_complete(self, state_dict, prefix, local_metadata, strict,
-                            missing_keys, unexpected_keys, error_msgs):
-        """Before loading: refuse tensors of other shapes and adapters trained on other
-        pretrained weights; fill in the frozen weights a checkpoint left out."""
-        own = dict(chain(self.named_parameters(), self.named_buffers()))
+    def _check_shapes(self, module, state_dict, prefix, local_metadata, strict,
+                      missing_keys, unexpected_keys, error_msgs):
+        """Before loading: refuse tensors of other shapes (where ``strict=False`` would
+        only warn); remember the prefix for :meth:`_filter_missing`, when the state dict
+        has anything of this model."""
+        # The record of checkpoints from before records moved to ``meta``: a SHA-256 of
+        # the tensors, which fingerprints of files cannot be compared with.
+        state_dict.pop(prefix + '_extra_state', None)
+        own = dict(chain(module.named_parameters(), module.named_buffers()))
         for name, value in own.items():
             theirs = state_dict.get(prefix + name)
             if isinstance(theirs, torch.Tensor) and theirs.shape != value.shape:
                 raise ValueError(f'{prefix}{name}: the checkpoint has shape '
                                  f'{tuple(theirs.shape)}, the model {tuple(value.shape)}')
-        record = decode_record(state_dict.get(prefix + '_extra_state'))
-        left_out = sorted(k for k in self.frozen_keys if prefix + k not in state_dict)
-        if left_out and any(k.startswith(prefix) for k in state_dict):
-            self._check_pretrained(record, left_out)
-            for key in left_out:
-                state_dict[prefix + key] = self._frozen_value(key)
-        state_dict.setdefault(prefix + '_extra_state', self.get_extra_state())
+        self._prefix = prefix if any(k.startswith(prefix) for k in state_dict) else None
 
-    def _check_pretrained(self, record: Dict, left_out: Sequence[str]) -> None:
-        """Raise if the frozen weights a checkpoint left out cannot be the ones its
-        adapters were trained on."""
-        trained_on = record.get('pretrained') or 'an unrecorded file'
-        if not (self.pretrained and self.frozen):
+    def _filter_missing(self, module, incompatible_keys) -> None:
+        """After loading: the frozen weights a checkpoint left out are not missing (they
+        came from the file); without a file they would stay random, which is refused."""
+        prefix, self._prefix = self._prefix, None
+        if prefix is None:
+            return
+        left_out = [key for key in incompatible_keys.missing_keys
+                    if key.startswith(prefix) and key[len(prefix):] in self.keys]
+        if not left_out:
+            return
+        if not self.path:
             raise ValueError(
-                f'the checkpoint leaves out {len(left_out)} frozen {self.family} weights (e.g. '
-                f'{left_out[0]}): they come from the pretrained file it was trained with '
-                f'({trained_on}), but this model has pretrained=None; set '
-                'model.backbone.pretrained to that file')
-        if (self.verify_pretrained and record.get('fingerprint')
-                and record['fingerprint'] != self.pretrained_fingerprint):
-            raise ValueError(
-                f'the checkpoint\'s adapters were trained on the pretrained weights '
-                f'{trained_on} (fingerprint {record["fingerprint"][:16]}), but this model '
-                f'loaded {self.pretrained} (fingerprint {self.pretrained_fingerprint[:16]}): other '
-                'weights, so the adapters would compute something else. Point '
-                'model.backbone.pretrained at the file the checkpoint was trained with '
-                '(or set model.backbone.verify_pretrained=False to load it anyway)')
+                f'the checkpoint leaves out {len(left_out)} frozen {self.family} weights '
+                f'(e.g. {left_out[0]}): they come from the pretrained file it was trained '
+                'with (named in its meta, pretrained_weights), but this model has '
+                'pretrained=None; set model.backbone.pretrained to that file')
+        if self.frozen:
+            for key in left_out:
+                incompatible_keys.missing_keys.remove(key)
+
+
+def _components(model: nn.Module) -> Dict[str, FrozenPretrained]:
+    """The :class:`FrozenPretrained` of every backbone in ``model``, by module name."""
+    return {name: module.frozen_weights for name, module in model.named_modules()
+            if isinstance(getattr(module, 'frozen_weights', None), FrozenPretrained)}
+
+
+def pretrained_records(model: nn.Module) -> Dict[str, Dict[str, Optional[str]]]:
+    """What a checkpoint of ``model`` records in ``meta[RECORD_KEY]``: by module name,
+    the pretrained weights of every backbone whose frozen weights it leaves out."""
+    return {name: component.record() for name, component in _components(model).items()
+            if component.leaves_out}
+
+
+def check_pretrained_records(model: nn.Module, checkpoint: Mapping) -> None:
+    """Refuse a checkpoint whose adapters were trained on other pretrained weights than
+    ``model``'s backbones loaded (see :meth:`FrozenPretrained.check_record`).
+
+    Args:
+        model (nn.Module): The model the checkpoint is about to be loaded into.
+        checkpoint (Mapping): The checkpoint (``meta`` and ``state_dict``).
+
+    Raises:
+        ValueError: Other weights; the message names both files.
+    """
+    records = (checkpoint.get('meta') or {}).get(RECORD_KEY) or {}
+    for name, component in _components(model).items():
+        component.check_record(records.get(name) or {})
+
+
+def names_of_pretrained_weights(model: nn.Module) -> Sequence[str]:
+    """The full names of the parameters and buffers of ``model`` that come from
+    pretrained files (the same on every rank: no need to broadcast them)."""
+    return sorted(f'{name}.{key}' if name else key
+                  for name, component in _components(model).items() if component.leaves_out
+                  for key in component.keys)

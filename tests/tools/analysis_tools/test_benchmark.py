@@ -8,8 +8,9 @@ import os.path as osp
 import sys
 
 import pytest
+import torch
 
-from tests.helpers import ROOT, load_tool, write_tiny_config
+from tests.helpers import ROOT, load_tool, official_state_dict, write_tiny_config
 
 FIELDS = ('median_step_s', 'min_step_s', 'max_step_s', 'images_per_s', 'peak_memory_mib',
           'params_total', 'params_trainable', 'flops_per_step', 'achieved_gflops',
@@ -142,3 +143,26 @@ def test_clear_errors(benchmark, config, monkeypatch):
     monkeypatch.setitem(sys.modules, 'peft', None)
     with pytest.raises(ImportError, match="needs the package 'peft'"):
         benchmark.main(common[:-2] + ['56', '56', '--mode', 'infer', '--reference', 'timm-peft'])
+
+
+def test_build_mode_times_building_from_the_file_against_reading_it(benchmark, config,
+                                                                     tmp_path):
+    weights = tmp_path / 'tiny.pth'
+    torch.save(official_state_dict(64, 2, 4), weights)
+    out = tmp_path / 'build.json'
+    report = benchmark.main([str(config), '--mode', 'build', '--rounds', '2', '--json', str(out),
+                             '--cfg-options', f'model.backbone.pretrained={weights}'])
+    assert json.loads(out.read_text()) == report
+    variants = report['variants']
+    assert set(variants) == {'build', 'torch-load'}
+    for summary in variants.values():
+        assert len(summary['rounds_s']) == 2 and 0 < summary['min_s'] <= summary['max_s']
+    ratio = report['build_over_torch_load']
+    assert ratio['pooled'] == pytest.approx(variants['build']['median_s']
+                                            / variants['torch-load']['median_s'])
+    # without the file there is nothing to time
+    with pytest.raises(SystemExit, match='missing.pth is not here'):
+        benchmark.main([str(config), '--mode', 'build', '--cfg-options',
+                        f'model.backbone.pretrained={tmp_path / "missing.pth"}'])
+    with pytest.raises(SystemExit):
+        benchmark.parse_args([str(config), '--mode', 'train'])  # needs --batch-size

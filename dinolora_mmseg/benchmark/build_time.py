@@ -1,0 +1,50 @@
+"""The cost of building a backbone from its pretrained file, next to reading that file."""
+import os
+import statistics
+import time
+from typing import Dict, List
+
+import torch
+from mmseg.registry import MODELS
+
+from ..utils.weights import hub_cache_path, is_url
+
+BUILD_VARIANTS = ('build', 'torch-load')
+
+
+def time_build_variant(backbone_cfg: Dict, variant: str) -> float:
+    """Seconds to build ``backbone_cfg`` from its ``pretrained`` file (``'build'``) or to
+    read that file with ``torch.load(weights_only=True)`` (``'torch-load'``).
+
+    Args:
+        backbone_cfg (dict): A backbone config with ``pretrained`` (a file, or a URL in
+            the torch hub cache).
+        variant (str): One of :data:`BUILD_VARIANTS`.
+    """
+    path = backbone_cfg['pretrained']
+    path = hub_cache_path(path) if is_url(path) else path
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'--mode build needs the pretrained file here: {path}')
+    start = time.perf_counter()
+    if variant == 'build':
+        MODELS.build(backbone_cfg)
+    else:
+        torch.load(path, map_location='cpu', weights_only=True)
+    return time.perf_counter() - start
+
+
+def summarise_build_times(times: Dict[str, List[float]]) -> Dict:
+    """Median, min and max seconds of each variant, and build over ``torch.load``: of the
+    medians (``pooled``) and the median of each round's own ratio (``paired``).
+
+    Args:
+        times (dict): Seconds of each round by variant (the same number of rounds).
+    """
+    build, load = times['build'], times['torch-load']
+    return dict(
+        variants={name: dict(median_s=statistics.median(values), min_s=min(values),
+                             max_s=max(values), rounds_s=values)
+                  for name, values in times.items()},
+        build_over_torch_load=dict(
+            pooled=statistics.median(build) / statistics.median(load),
+            paired=statistics.median(b / a for b, a in zip(build, load))))

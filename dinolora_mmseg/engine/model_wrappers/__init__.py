@@ -1,0 +1,3 @@
+from .pretrained_ddp import PretrainedWeightsDDP
+
+__all__ = ['PretrainedWeightsDDP']
