@@ -4,7 +4,9 @@
 # 6/12/18/24 into the stride 4-32 pyramid that the deformable-attention pixel decoder
 # reads, with GroupNorm as the pixel decoder has (2 images per process are too few for
 # BatchNorm). Crops are 518 x 518, the 37 x 37 patch grid; test images are resized to a
-# short side of 518 px and padded to multiples of 14 by the data preprocessor.
+# short side of 518 px and padded to multiples of 14 by the data preprocessor. The head is
+# MMSeg's Mask2FormerHead with its deformable attention in float32 under --amp (mmcv's CUDA
+# kernels have no bfloat16).
 _base_ = [
     'mmseg::mask2former/mask2former_r50_8xb2-160k_ade20k-512x512.py',
     './_base_/default_runtime.py'
@@ -27,7 +29,7 @@ model = dict(
         lora=dict(rank=3, alpha=3, dropout=0.0, targets=('q', 'v'))),
     neck=dict(type='ViTFPN', in_channels=1024, out_channels=256, num_inputs=4,
               norm_cfg=dict(type='GN', num_groups=32)),
-    decode_head=dict(in_channels=[256, 256, 256, 256]))
+    decode_head=dict(type='Float32DeformAttnMask2FormerHead', in_channels=[256] * 4))
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', reduce_zero_label=True),

@@ -15,6 +15,7 @@ from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from mmseg.models.decode_heads import Mask2FormerHead
 from mmseg.models.utils import Upsample
 
 from ..models.backbones.dinov2 import DINOv2
@@ -39,6 +40,21 @@ def onnxruntime_session(path: str, threads: Optional[int] = None, arena: bool = 
     if threads:
         options.intra_op_num_threads = threads
     return onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+
+
+def check_exportable(graph: SegmentorGraph) -> None:
+    """Refuse models that ``torch.export`` cannot trace.
+
+    Raises:
+        ValueError: A Mask2Former head; the message says why and what runs instead.
+    """
+    if isinstance(graph.segmentor.decode_head, Mask2FormerHead):
+        raise ValueError(
+            'ONNX export of Mask2Former is not supported: mmdet\'s pixel decoder '
+            '(MSDeformAttnPixelDecoder) reads the sizes of its levels with '
+            'torch._shape_as_tensor and mmcv\'s deformable attention checks and splits its '
+            'values by them, which torch.export cannot trace (data-dependent). Run it '
+            'compiled instead: tools/test.py or tools/misc/infer.py with --compile')
 
 
 def check_dynamic_support(graph: SegmentorGraph) -> None:
@@ -80,10 +96,11 @@ def export_onnx(graph: SegmentorGraph, example: torch.Tensor, dynamic: bool, siz
         size_divisor (int): What the input sides must be multiples of when ``dynamic``.
 
     Raises:
-        ValueError: ``dynamic`` for a model that cannot support it
-            (:func:`check_dynamic_support`), or the exporter could not keep the size
-            symbolic (the message has the exporter's reason).
+        ValueError: A model that does not export (:func:`check_exportable`), ``dynamic``
+            for a model that cannot support it (:func:`check_dynamic_support`), or the
+            exporter could not keep the size symbolic (the message has its reason).
     """
+    check_exportable(graph)
     if example.shape[0] == 1:  # torch.export fixes dimensions of size 1
         example = example.expand(2, -1, -1, -1)
     batch = torch.export.Dim('batch', min=1, max=1024)

@@ -6,12 +6,14 @@ what export and compilation need: LoRA adapters folded into plain ``nn.Linear`` 
 :class:`SegmentorGraph` adds the data preprocessor's channel order and normalisation
 in front, so that its input is an RGB image batch as read from files.
 """
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from mmengine.config import Config
 from mmengine.model import revert_sync_batchnorm
+from mmseg.models.decode_heads import Mask2FormerHead
+from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.models.segmentors import EncoderDecoder
 from torch import nn
 
@@ -22,12 +24,39 @@ from ..models.lora import fold_lora
 from ..utils.checkpoint_file import is_trusted
 
 
+def class_scores(head: Union[BaseDecodeHead, Mask2FormerHead], feats: Sequence[torch.Tensor],
+                 size: Sequence[int]) -> torch.Tensor:
+    """The per-pixel class scores ``(B, num_classes, *size)`` of a decode head on the
+    features ``feats``, at ``size`` (the padded input's), as the head's ``predict``
+    computes them.
+
+    A per-pixel head's ``forward`` logits are resized bilinearly with its
+    ``align_corners``. Mask2Former's are its semantic combination of the last decoder
+    layer: the query masks resized bilinearly to ``size``, then per class the sum over
+    queries of the class probability (softmax without the no-object class) times the
+    mask probability (sigmoid).
+
+    Args:
+        head (BaseDecodeHead | Mask2FormerHead): The segmentor's decode head.
+        feats (Sequence[torch.Tensor]): What ``extract_feat`` gives for the input.
+        size (Sequence[int]): ``(H, W)`` of the scores.
+    """
+    if isinstance(head, Mask2FormerHead):
+        cls_scores, mask_logits = head(feats, [])  # its forward reads no data sample
+        masks = F.interpolate(mask_logits[-1], size=size, mode='bilinear',
+                              align_corners=False).sigmoid()
+        probabilities = F.softmax(cls_scores[-1], dim=-1)[..., :-1]
+        return torch.einsum('bqc,bqhw->bchw', probabilities, masks)
+    return F.interpolate(head.forward(feats), size=size, mode='bilinear',
+                         align_corners=head.align_corners)
+
+
 class SegmentorGraph(nn.Module):
     """``logits = graph(images)`` for an ``EncoderDecoder`` in ``'whole'`` test mode.
 
     ``images`` are ``(B, 3, H, W)`` float32 RGB values in 0..255; ``logits`` are
-    ``(B, num_classes, H, W)`` float32, the decode head's output resized bilinearly to
-    the input, as ``EncoderDecoder.encode_decode`` returns them for an input that the
+    ``(B, num_classes, H, W)`` float32, the decode head's :func:`class_scores` at the
+    input's size, as ``EncoderDecoder.encode_decode`` returns them for an input that the
     data preprocessor has converted and normalised.
 
     Args:
@@ -53,9 +82,8 @@ class SegmentorGraph(nn.Module):
         x = images if self.model_sees_rgb else images[:, [2, 1, 0]]
         if self.normalise:
             x = (x - self.mean) / self.std
-        logits = self.segmentor.decode_head.forward(self.segmentor.extract_feat(x))
-        return F.interpolate(logits, size=x.shape[2:], mode='bilinear',
-                             align_corners=self.segmentor.align_corners)
+        return class_scores(self.segmentor.decode_head, self.segmentor.extract_feat(x),
+                            x.shape[2:])
 
 
 class FixedGridTable:

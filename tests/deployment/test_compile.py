@@ -1,4 +1,5 @@
-"""compile_segmentor: torch.compile with frozen weights computes what the eager model does."""
+"""compile_segmentor: torch.compile with frozen weights computes what the eager model does,
+for the linear heads and Mask2Former (with a spatial prior)."""
 import os.path as osp
 
 import pytest
@@ -11,11 +12,19 @@ from dinolora_mmseg.deployment import compile_segmentor
 from tests.helpers import ROOT, TINY
 
 
-@pytest.mark.parametrize('config', ['dinov2_lora_voc_demo.py', 'dinov3_lora_voc_demo.py'])
+MASK2FORMER = 'dinov2_lora_mask2former_prior_voc_demo.py'
+
+
+@pytest.mark.parametrize('config', ['dinov2_lora_voc_demo.py', 'dinov3_lora_voc_demo.py',
+                                    MASK2FORMER])
 def test_compiled_inference_equals_eager(config):
     cfg = Config.fromfile(osp.join(ROOT, 'configs/demo', config))
     cfg.model.backbone.update(arch=dict(TINY), pretrained=None)
-    cfg.model.decode_head.in_channels = TINY['embed_dims']
+    if config == MASK2FORMER:  # the demo's tiny head on 4 outputs of the tiny ViT
+        cfg.model.backbone.out_indices = (0, 1, 2, 2)
+        cfg.model.neck.in_channels = TINY['embed_dims']
+    else:
+        cfg.model.decode_head.in_channels = TINY['embed_dims']
     init_default_scope('mmseg')
     model = MODELS.build(cfg.model).eval()
     torch.manual_seed(0)

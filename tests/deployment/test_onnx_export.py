@@ -1,6 +1,7 @@
 """ONNX export of tiny DINOv2 (with and without registers) and DINOv3 segmentors, linear
 and FPN heads (also with a spatial prior): onnxruntime against the PyTorch model as MMSeg
-runs it, LoRA folded in, at a non-square fixed size and with --dynamic."""
+runs it, LoRA folded in, at a non-square fixed size and with --dynamic. Mask2Former: the
+segmentor graph computes what MMSeg's predict does, and its export is refused by name."""
 import os.path as osp
 
 import numpy as np
@@ -13,9 +14,9 @@ from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
 from dinolora_mmseg.deployment import (build_deploy_segmentor, check_second_size,
-                                       export_onnx, fix_position_tables, max_logit_difference,
-                                       onnxruntime_session, sample_images, segmentor_graph,
-                                       staged_onnx)
+                                       class_scores, export_onnx, fix_position_tables,
+                                       max_logit_difference, onnxruntime_session,
+                                       sample_images, segmentor_graph, staged_onnx)
 from dinolora_mmseg.models.lora import LoRALinear
 from tests.helpers import ROOT, TINY
 
@@ -158,3 +159,37 @@ def test_a_failed_check_leaves_the_existing_file(tmp_path):
     with staged_onnx(program, str(out), {'classes': '["a"]'}):
         pass
     assert onnx.load(str(out)).metadata_props[0].value == '["a"]'
+
+
+def tiny_mask2former():
+    cfg = Config.fromfile(osp.join(ROOT, 'configs/demo/dinov2_lora_mask2former_voc_demo.py'))
+    cfg.model.backbone.update(arch=dict(TINY), pretrained=None, out_indices=(0, 1, 2, 2))
+    cfg.model.neck.in_channels = TINY['embed_dims']
+    init_default_scope('mmseg')
+    torch.manual_seed(0)
+    return MODELS.build(cfg.model).eval()
+
+
+def test_mask2former_graph_computes_what_mmseg_predicts():
+    """Query masks resized before the sigmoid, as Mask2FormerHead.predict does (resizing
+    its low-resolution combination instead would differ)."""
+    model = tiny_mask2former()
+    images = sample_images((56, 84), 2)
+    expected = mmseg_logits(model, images)
+    with torch.no_grad():
+        logits = segmentor_graph(model)(images)
+    assert logits.shape == (2, 21, 56, 84)
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
+    with torch.no_grad():
+        feats = model.extract_feat(torch.randn(1, 3, 56, 84))
+        padded = class_scores(model.decode_head, feats, (70, 84))
+        meta = dict(img_shape=(56, 84), pad_shape=(70, 84))
+        predicted = model.decode_head.predict(feats, [meta], model.test_cfg)
+    torch.testing.assert_close(padded, predicted, rtol=0, atol=1e-6)
+
+
+def test_mask2former_export_is_refused_by_name():
+    graph = segmentor_graph(tiny_mask2former())
+    with pytest.raises(ValueError, match=r'ONNX export of Mask2Former is not supported: .*'
+                       r'torch._shape_as_tensor.*with --compile'):
+        export_onnx(graph, sample_images((56, 84), 1), dynamic=False, size_divisor=14)

@@ -1,9 +1,13 @@
 """MMSeg's Mask2FormerHead (mmdet's deformable-attention pixel decoder) on our backbones and
 ViTFPN, as the configs build it: every Mask2Former config trains and predicts on the CPU,
-training on a fixed batch lowers the loss, and ``with_cp`` changes no gradient."""
+training on a fixed batch lowers the loss, ``with_cp`` changes no gradient, and under a
+bfloat16 autocast the deformable attention gets float32 values (mmcv's CUDA kernels have
+no bfloat16)."""
+import glob
 import math
 import os.path as osp
 
+import mmcv.ops.multi_scale_deform_attn as mmcv_deform_attn
 import pytest
 import torch
 from mmengine.config import Config
@@ -13,6 +17,7 @@ from mmengine.structures import PixelData
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
+from dinolora_mmseg.models.decode_heads import Float32DeformAttnMask2FormerHead
 from tests.helpers import ROOT
 
 CONFIGS = ['dinov2_lora_mask2former_ade20k.py', 'dinov2_lora_mask2former_voc.py',
@@ -58,6 +63,7 @@ def test_config_trains_and_predicts(name):
     layers) on a 24-block random backbone: finite losses, gradients in the adapters,
     and class scores at the input size, padding cropped off."""
     cfg, model = build(name, embed_dims=128, num_layers=24)
+    assert isinstance(model.decode_head, Float32DeformAttnMask2FormerHead)
     patch = cfg.model.neck.get('patch_size', 14)
     images, samples = batch(size=(4 * patch, 6 * patch))
     losses = model.loss(images, samples)
@@ -128,3 +134,78 @@ def test_activation_checkpointing_gives_the_same_gradients():
     assert any('.lora_' in n for n in grads[0])
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_every_mask2former_config_names_the_float32_attention_head():
+    paths = glob.glob(osp.join(ROOT, 'configs', '*mask2former*.py')) + glob.glob(
+        osp.join(ROOT, 'configs', 'demo', '*mask2former*.py'))
+    assert len(paths) >= 10
+    for path in paths:
+        assert Config.fromfile(path).model.decode_head.type == (
+            'Float32DeformAttnMask2FormerHead'), path
+
+
+def spied_dtypes(monkeypatch, name: str):
+    """The dtypes of the values that mmcv's ``name`` (in its deformable-attention module)
+    receives from now on."""
+    dtypes = []
+    function = getattr(mmcv_deform_attn, name)
+
+    def spy(value, *args):
+        dtypes.append(value.dtype)
+        return function(value, *args)
+
+    monkeypatch.setattr(mmcv_deform_attn, name, spy)
+    return dtypes
+
+
+def test_deformable_attention_gets_float32_under_bfloat16_autocast(monkeypatch):
+    """The CPU path of mmcv (its PyTorch function), in training and inference; the rest of
+    the head still autocasts (bfloat16 class scores)."""
+    dtypes = spied_dtypes(monkeypatch, 'multi_scale_deformable_attn_pytorch')
+    cfg, model = build(DEMO, embed_dims=64, num_layers=4, out_indices=(0, 1, 2, 3))
+    images, samples = batch()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        loss, _ = model.parse_losses(model.loss(images, samples))
+        loss.backward()
+        model.eval()
+        with torch.no_grad():
+            cls_scores, _ = model.decode_head(model.extract_feat(images), samples)
+    layers = cfg.model.decode_head.pixel_decoder.encoder.num_layers
+    assert dtypes == [torch.float32] * 2 * layers
+    assert cls_scores[-1].dtype == torch.bfloat16
+    assert torch.isfinite(loss)
+    # Without autocast the attention is mmcv's, in the weights' dtype.
+    with torch.no_grad():
+        model.decode_head(model.extract_feat(images), samples)
+    assert dtypes[2 * layers:] == [torch.float32] * layers
+
+
+def test_the_cuda_kernel_path_gets_float32_under_bfloat16_autocast(monkeypatch):
+    """mmcv calls its compiled kernel (``ext_module.ms_deform_attn_forward``) for values
+    on a GPU; here its MLU condition leads there on the CPU, and a stand-in kernel refuses
+    bfloat16 as the CUDA one does."""
+    dtypes = []
+
+    class Kernels:
+        @staticmethod
+        def ms_deform_attn_forward(value, shapes, level_start_index, locations, weights,
+                                   im2col_step):
+            if value.dtype not in (torch.float32, torch.float64, torch.float16):
+                raise RuntimeError(f'"ms_deform_attn_forward_cuda" not implemented for '
+                                   f'{value.dtype}')
+            dtypes.append((value.dtype, locations.dtype, weights.dtype))
+            return mmcv_deform_attn.multi_scale_deformable_attn_pytorch(
+                value, shapes, locations, weights)
+
+    monkeypatch.setattr(mmcv_deform_attn, 'IS_MLU_AVAILABLE', True)
+    monkeypatch.setattr(torch.Tensor, 'is_mlu', True, raising=False)
+    monkeypatch.setattr(mmcv_deform_attn, 'ext_module', Kernels)
+    pytorch = spied_dtypes(monkeypatch, 'multi_scale_deformable_attn_pytorch')
+    cfg, model = build(DEMO, embed_dims=64, num_layers=4, out_indices=(0, 1, 2, 3))
+    images, samples = batch()
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        model.eval().decode_head(model.extract_feat(images), samples)
+    layers = cfg.model.decode_head.pixel_decoder.encoder.num_layers
+    assert dtypes == [(torch.float32, ) * 3] * layers
+    assert pytorch == [torch.float32] * layers  # only through the stand-in kernel

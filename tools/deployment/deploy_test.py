@@ -6,7 +6,7 @@ the PyTorch model (MMSeg's ``tools/deploy_test.py``, for onnxruntime).
 
 The config's test dataloader, pipeline and evaluator (e.g. ``IoUMetric``) run as in
 ``tools/test.py``; the model is the ONNX file, run by onnxruntime on the CPU
-(:class:`~dinolora_mmseg.models.segmentors.ONNXRuntimeSegmentor`). A file of a fixed
+(:class:`~dinolora_mmseg.deployment.ONNXRuntimeSegmentor`). A file of a fixed
 input size takes test images up to that size (they are padded to it).
 """
 import argparse

@@ -1,3 +1,4 @@
+from .float32_deform_attn_mask2former_head import Float32DeformAttnMask2FormerHead
 from .linear_head import LinearHead
 
-__all__ = ['LinearHead']
+__all__ = ['Float32DeformAttnMask2FormerHead', 'LinearHead']

@@ -10,7 +10,7 @@ import pytest
 import torch
 from onnx import helper
 
-from dinolora_mmseg.models.segmentors import ONNXRuntimeSegmentor
+from dinolora_mmseg.deployment import ONNXRuntimeSegmentor
 
 from tests.helpers import PYTHON, ROOT, load_tool, logged_metrics, run_tool, write_tiny_config
 

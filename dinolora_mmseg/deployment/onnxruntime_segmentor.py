@@ -7,6 +7,8 @@ from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 from mmseg.utils import OptSampleList, SampleList
 
+from .onnx_export import INPUT_NAME, OUTPUT_NAME, onnxruntime_session, read_metadata
+
 
 @MODELS.register_module()
 class ONNXRuntimeSegmentor(BaseSegmentor):
@@ -38,8 +40,6 @@ class ONNXRuntimeSegmentor(BaseSegmentor):
         if getattr(self.data_preprocessor, '_enable_normalize', False):
             raise ValueError(f'{onnx_file} normalises its input itself: the data preprocessor of '
                              'ONNXRuntimeSegmentor must not (leave out mean and std)')
-        from ...deployment.onnx_export import (INPUT_NAME, OUTPUT_NAME, onnxruntime_session,
-                                               read_metadata)
         self.onnx_file = onnx_file
         self.session = onnxruntime_session(onnx_file, threads)
         self.io_names = INPUT_NAME, OUTPUT_NAME

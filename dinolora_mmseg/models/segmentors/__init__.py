@@ -1,3 +1,0 @@
-from .onnxruntime_segmentor import ONNXRuntimeSegmentor
-
-__all__ = ['ONNXRuntimeSegmentor']
