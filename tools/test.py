@@ -7,7 +7,7 @@ from mmengine.runner import Runner
 
 from dinolora_mmseg.datasets import leaf_configs
 from dinolora_mmseg.deployment import compile_segmentor
-from dinolora_mmseg.engine.data_checks import check_dataloaders
+from dinolora_mmseg.datasets.data_checks import check_dataloaders
 from dinolora_mmseg.engine.launch import add_common_args, load_config, prepare_launch
 
 
@@ -56,12 +56,12 @@ def main():
     if args.out is not None:
         cfg.test_evaluator['output_dir'] = args.out
         cfg.test_evaluator['keep_results'] = True
+    prepare_launch(cfg, args.launcher)  # first: the data is checked once, on rank 0
     num_images = check_dataloaders(cfg, ['test_dataloader'])['test_dataloader']
     processes = int(os.environ.get('WORLD_SIZE', 1)) if args.launcher != 'none' else 1
     if processes > num_images:
         raise ValueError(f'{processes} processes for {num_images} test images: each process '
                          'needs at least one; start fewer')
-    prepare_launch(cfg, args.launcher)
     runner = Runner.from_cfg(cfg)
     runner.load_checkpoint(args.checkpoint, map_location='cpu', strict=True)
     if args.compile:

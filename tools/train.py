@@ -16,7 +16,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from dinolora_mmseg.engine.checkpoint_io import find_resumable_checkpoint
-from dinolora_mmseg.engine.data_checks import check_dataloaders
+from dinolora_mmseg.datasets.data_checks import check_dataloaders
 from dinolora_mmseg.engine.launch import add_common_args, load_config, prepare_launch
 from dinolora_mmseg.engine.work_dir_lock import lock_work_dir
 
@@ -65,9 +65,9 @@ def main():
             print_log(f'--resume: no complete checkpoint in {cfg.work_dir}; training starts '
                       'from the beginning', logger='current', level=logging.WARNING)
             cfg.resume = False
+    prepare_launch(cfg, args.launcher)  # first: the data is checked once, on rank 0
     check_dataloaders(cfg, ['train_dataloader', 'val_dataloader'] if cfg.get('val_cfg')
                       else ['train_dataloader'])
-    prepare_launch(cfg, args.launcher)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.train()
 

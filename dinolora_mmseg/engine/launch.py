@@ -13,6 +13,7 @@ from typing import List
 import torch
 import torch.distributed as dist
 from mmengine.config import Config, DictAction
+from mmengine.dist import init_dist
 from mmengine.logging import print_log
 
 # Top-level config keys that mmengine's Runner (and MMSeg's tools) read; any other
@@ -121,7 +122,10 @@ def prepare_launch(cfg: Config, launcher: str) -> Config:
     ``init_dist`` calls ``torch.cuda.set_device`` and cannot do this. That group, and
     everything that still refers to it, is destroyed at exit while the interpreter is
     still whole: left to the interpreter's teardown, gloo can abort the finished process
-    ("terminate called without an active exception"). With CUDA the config is left as it is.
+    ("terminate called without an active exception"). With CUDA the config is left as it is
+    and a launched process joins the process group here, exactly as the Runner would
+    (``mmengine.dist.init_dist`` with ``env_cfg.dist_cfg``; the Runner then skips it), so
+    that the data can be checked on one rank before the Runner is built.
 
     Args:
         cfg (Config): The loaded config; modified in place and returned.
@@ -129,6 +133,8 @@ def prepare_launch(cfg: Config, launcher: str) -> Config:
     """
     cfg.launcher = launcher
     if torch.cuda.is_available():
+        if launcher != 'none' and not dist.is_initialized():
+            init_dist(launcher, **cfg.get('env_cfg', {}).get('dist_cfg', {}))
         return cfg
     _replace_sync_bn(cfg.model)
     if launcher == 'none':

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from mmengine.config import Config
 
 from dinolora_mmseg.engine import launch
 from tests.helpers import ROOT, free_port
@@ -82,3 +83,17 @@ def test_config_without_default_scope_gets_mmseg(tmp_path, settings, scope):
     args = argparse.Namespace(config=str(config), cfg_options=None, work_dir=None,
                               local_rank=0)
     assert launch.load_config(args).default_scope == scope
+
+
+def test_with_cuda_a_launched_process_joins_the_group_as_the_runner_would(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(launch.dist, 'is_initialized', lambda: False)
+    monkeypatch.setattr(launch, 'init_dist', lambda launcher, **kw: calls.append((launcher, kw)))
+    cfg = Config(dict(model=dict(norm_cfg=dict(type='SyncBN')),
+                      env_cfg=dict(dist_cfg=dict(backend='nccl', timeout=60))))
+    launch.prepare_launch(cfg, 'pytorch')
+    assert calls == [('pytorch', dict(backend='nccl', timeout=60))]
+    assert cfg.model.norm_cfg.type == 'SyncBN' and 'model_wrapper_cfg' not in cfg
+    launch.prepare_launch(Config(dict(model=dict())), 'none')
+    assert len(calls) == 1
