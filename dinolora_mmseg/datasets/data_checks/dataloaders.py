@@ -176,6 +176,9 @@ def on_first_rank(check: Callable[[], T]) -> T:
     an error of the same type with the same message (a ``FileNotFoundError`` or
     ``ValueError`` about the data; any other error as a ``RuntimeError`` naming it).
     Without a process group ``check`` simply runs.
+
+    Args:
+        check (callable): Takes no argument; its result must be picklable.
     """
     if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
         return check()
