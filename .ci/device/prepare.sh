@@ -14,7 +14,8 @@
 #                      multi-scale deformable attention alone from them (a CUDA build of
 #                      all of mmcv's ops does not fit in the machine's 15 minutes)
 #
-#   bash .ci/device/prepare.sh            # ~15 minutes the first time (the mmcv build)
+#   bash .ci/device/prepare.sh            # 31 min the first time here (torch 2.11 download,
+#                                         # mmcv build on 2 shared cores), seconds after
 #   bash .ci/device/prepare.sh --no-mmcv  # everything but the mmcv build
 # DEVICE_PACKAGES replaces the list of downloaded packages (e.g. to drop opencv when the
 # machine has cv2: check.sh writes what it has into device.txt).
