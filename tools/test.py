@@ -6,12 +6,12 @@ from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
 from dinolora_mmseg.datasets import leaf_configs
+from dinolora_mmseg.datasets.data_checks import check_dataloaders
 from dinolora_mmseg.deployment import compile_segmentor
 from dinolora_mmseg.engine.checkpoint_io import load_checkpoint_into
-from dinolora_mmseg.engine.data_checks import check_dataloaders
 from dinolora_mmseg.engine.launch import add_common_args, prepare_launch
-from dinolora_mmseg.utils.config import load_config
 from dinolora_mmseg.utils.checkpoint_file import is_trusted
+from dinolora_mmseg.utils.config import load_config
 
 
 def parse_args():
@@ -62,12 +62,12 @@ def main():
     if args.out is not None:
         cfg.test_evaluator['output_dir'] = args.out
         cfg.test_evaluator['keep_results'] = True
+    prepare_launch(cfg, args.launcher, args.device)  # first: data checked once, on rank 0
     num_images = check_dataloaders(cfg, ['test_dataloader'])['test_dataloader']
     processes = int(os.environ.get('WORLD_SIZE', 1)) if args.launcher != 'none' else 1
     if processes > num_images:
         raise ValueError(f'{processes} processes for {num_images} test images: each process '
                          'needs at least one; start fewer')
-    prepare_launch(cfg, args.launcher, args.device)
     runner = Runner.from_cfg(cfg)
     load_checkpoint_into(runner, args.checkpoint, strict=True,
                          trusted=args.trust_checkpoint or is_trusted(cfg, args.checkpoint))

@@ -12,9 +12,8 @@ from mmengine.logging import print_log
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from dinolora_mmseg.engine.checkpoint_io import (find_resumable_checkpoint,
-                                                load_from_through_hook)
-from dinolora_mmseg.engine.data_checks import check_dataloaders
+from dinolora_mmseg.datasets.data_checks import check_dataloaders
+from dinolora_mmseg.engine.checkpoint_io import find_resumable_checkpoint, load_from_through_hook
 from dinolora_mmseg.engine.launch import add_common_args, prepare_launch
 from dinolora_mmseg.engine.precision import use_amp
 from dinolora_mmseg.engine.work_dir_lock import lock_work_dir
@@ -46,9 +45,9 @@ def main():
                       'from the beginning', logger='current', level=logging.WARNING)
             cfg.resume = False
     load_from_through_hook(cfg)
+    prepare_launch(cfg, args.launcher, args.device)  # first: data checked once, on rank 0
     check_dataloaders(cfg, ['train_dataloader', 'val_dataloader'] if cfg.get('val_cfg')
                       else ['train_dataloader'])
-    prepare_launch(cfg, args.launcher, args.device)
     if args.amp:
         use_amp(cfg.optim_wrapper)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)

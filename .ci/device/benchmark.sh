@@ -10,7 +10,7 @@
 #   (bash .ci/device/prepare.sh here first; BENCH_CONFIG/BENCH_SIZE/BENCH_BATCH and
 #   BENCH_EXTRA override the workload, e.g. for a CPU rehearsal.)
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 OUT=${OUT:-work_dirs/device}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}

@@ -3,9 +3,12 @@ applied to the config before the Runner is built (device, distributed timeout, T
 the CPU set-up)."""
 import argparse
 import os
+from datetime import timedelta
 from typing import Optional
 
+import torch.distributed as dist
 from mmengine.config import Config, DictAction
+from mmengine.dist import init_dist
 
 from .cpu_distributed import prepare_cpu_run
 from .device_check import select_device
@@ -60,6 +63,9 @@ def prepare_launch(cfg: Config, launcher: str, device: Optional[str] = None) -> 
     the config sets one. On CUDA, TF32 is set (:func:`~.precision.set_tf32`); on the
     CPU, SyncBN becomes BN and torchrun runs on gloo
     (:func:`~.cpu_distributed.prepare_cpu_run`).
+    On CUDA a launched process also joins its process group here, as the Runner would
+    (``mmengine.dist.init_dist`` with ``env_cfg.dist_cfg``; the Runner then skips it), so
+    that the data can be checked on one rank before the Runner is built.
 
     Args:
         cfg (Config): The loaded config; modified in place and returned.
@@ -77,5 +83,9 @@ def prepare_launch(cfg: Config, launcher: str, device: Optional[str] = None) -> 
             cfg.env_cfg.dist_cfg.timeout = dist_timeout()
     if on_cuda:
         set_tf32(cfg)
+        if launcher != 'none' and not dist.is_initialized():
+            dist_cfg = dict(cfg.env_cfg.dist_cfg)
+            dist_cfg['timeout'] = timedelta(seconds=dist_cfg['timeout'])
+            init_dist(launcher, **dist_cfg)
         return cfg
     return prepare_cpu_run(cfg, launcher)

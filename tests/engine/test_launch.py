@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+from datetime import timedelta
 
 import pytest
 import torch
@@ -122,6 +123,7 @@ def cuda(monkeypatch):
     """A machine where torch can use CUDA; TF32 flags restored afterwards."""
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(precision, 'print_log', lambda *args, **kwargs: None)
+    monkeypatch.setattr(launch, 'init_dist', lambda launcher, **kwargs: None)
     flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     yield
@@ -183,3 +185,16 @@ def test_amp_on_the_cpu_and_with_a_config_that_has_it(monkeypatch):
     assert amp(monkeypatch, False)[0]['type'] == 'BF16OptimWrapper'
     wrapper, message = amp(monkeypatch, True, type='AmpOptimWrapper', dtype='float16')
     assert wrapper['dtype'] == 'float16' and 'already trains with AmpOptimWrapper' in message
+def test_with_cuda_a_launched_process_joins_the_group_as_the_runner_would(cuda, monkeypatch):
+    calls = []
+    monkeypatch.setattr(launch.dist, 'is_initialized', lambda: False)
+    monkeypatch.setattr(launch, 'init_dist', lambda launcher, **kw: calls.append((launcher, kw)))
+    cfg = Config(dict(model=dict(norm_cfg=dict(type='SyncBN')),
+                      env_cfg=dict(dist_cfg=dict(backend='nccl', timeout=60))))
+    launch.prepare_launch(cfg, 'pytorch')
+    assert calls == [('pytorch', dict(backend='nccl', timeout=timedelta(seconds=60)))]
+    assert cfg.model.norm_cfg.type == 'SyncBN' and 'model_wrapper_cfg' not in cfg
+    launch.prepare_launch(Config(dict(model=dict())), 'none')
+    assert len(calls) == 1
+
+

@@ -35,17 +35,28 @@ from mmengine.config import Config
 from mmengine.dist import broadcast_object_list, is_main_process
 from mmengine.runner import Runner
 
-from dinolora_mmseg.datasets import (CORRUPTIONS, EXTRA_CORRUPTIONS, IMAGENET_C_CORRUPTIONS,
-                                     SEVERITIES, leaf_configs)
+from dinolora_mmseg.datasets import (
+    CORRUPTIONS,
+    EXTRA_CORRUPTIONS,
+    IMAGENET_C_CORRUPTIONS,
+    SEVERITIES,
+    leaf_configs,
+)
+from dinolora_mmseg.datasets.data_checks import check_dataloaders
 from dinolora_mmseg.engine.checkpoint_io import load_checkpoint_into
-from dinolora_mmseg.engine.data_checks import check_dataloaders
 from dinolora_mmseg.engine.launch import add_common_args, prepare_launch
 from dinolora_mmseg.utils.atomic_write import atomic_write_bytes
-from dinolora_mmseg.utils.config import load_config
 from dinolora_mmseg.utils.checkpoint_file import is_trusted
+from dinolora_mmseg.utils.config import load_config
 from dinolora_mmseg.utils.integrity import content_fingerprint
-from dinolora_mmseg.visualization.robustness_report import (FAMILY, markdown, plot, relative,
-                                                            run_name, summarize)
+from dinolora_mmseg.visualization.robustness_report import (
+    FAMILY,
+    markdown,
+    plot,
+    relative,
+    run_name,
+    summarize,
+)
 
 METRICS = ('mIoU', 'aAcc', 'mAcc')
 IDENTITY = ('checkpoint_sha256', 'config_sha256', 'seed')
@@ -189,14 +200,14 @@ def main():
     work_dir = args.work_dir or osp.join(cfg.work_dir, 'robustness')
     for pipeline in dataset_pipelines(cfg):
         corruption_index(pipeline)  # fail before any run
+    cfg.load_from = None  # loaded strictly by run_test
+    key = results_key(cfg, args)
+    prepare_launch(cfg, args.launcher, args.device)  # first: data checked once, on rank 0
     num_images = check_dataloaders(cfg, ['test_dataloader'])['test_dataloader']
     processes = int(os.environ.get('WORLD_SIZE', 1)) if args.launcher != 'none' else 1
     if processes > num_images:
         raise ValueError(f'{processes} processes for {num_images} test images: each process '
                          'needs at least one; start fewer')
-    cfg.load_from = None  # loaded strictly by run_test
-    key = results_key(cfg, args)
-    prepare_launch(cfg, args.launcher, args.device)
     main_process = is_main_process()
     loaded = [None]
     if main_process:

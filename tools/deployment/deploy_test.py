@@ -14,7 +14,7 @@ import os.path as osp
 
 from mmengine.runner import Runner
 
-from dinolora_mmseg.engine.data_checks import check_dataloaders
+from dinolora_mmseg.datasets.data_checks import check_dataloaders
 from dinolora_mmseg.engine.launch import add_common_args
 from dinolora_mmseg.utils.config import load_config
 

@@ -21,8 +21,8 @@ from mmseg.utils import get_classes, get_palette
 
 import dinolora_mmseg  # noqa: F401  (registers the DINOv2 backbone)
 from dinolora_mmseg.datasets import leaf_configs
+from dinolora_mmseg.datasets.data_checks import check_image_file
 from dinolora_mmseg.deployment import compile_segmentor
-from dinolora_mmseg.engine.data_checks import check_image_file
 from dinolora_mmseg.models import build_model
 from dinolora_mmseg.utils.atomic_write import atomic_write_image
 from dinolora_mmseg.utils.config import load_config

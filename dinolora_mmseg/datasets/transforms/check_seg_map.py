@@ -15,6 +15,11 @@ class CheckSegMap(BaseTransform):
     label map (inference pipelines, from which ``MMSegInferencer`` drops
     ``LoadAnnotations``) pass unchecked.
 
+    Why next to the pre-run scan (:func:`~dinolora_mmseg.datasets.data_checks.
+    check_dataloaders`): the scan runs only in this project's tools, while this step is
+    in the configs' pipelines and so also guards MMSeg's stock ``tools/train.py`` and
+    ``tools/test.py``, a user's own script, and a label file changed after the scan.
+
     Args:
         num_classes (int): Valid labels are ``0 .. num_classes - 1``.
         ignore_index (int): The label of ignored pixels.

@@ -31,9 +31,9 @@ def bilinear_resize(x: torch.Tensor, size: Sequence[int], align_corners: bool) -
     """``F.interpolate(x, size, mode='bilinear')`` as two matrix products, in float32.
 
     Bilinear interpolation is separable, ``M_h @ x @ M_w^T``. As matrix products its
-    backward pass is too: on CPU, upsampling 2 x 21 x 22 x 22 logits to 308 x 308 and
-    back costs about 1 ms instead of 16 ms (``upsample_bilinear2d_backward`` scatters
-    one output pixel at a time). The values equal ``F.interpolate``'s within one
+    backward pass is too, and on CPU several times cheaper than
+    ``upsample_bilinear2d_backward``, which scatters one output pixel at a time
+    (measured in docs/performance.md). The values equal ``F.interpolate``'s within one
     rounding of each of the two sums. Under autocast the result stays float32, the
     precision the loss computes in anyway.
 
@@ -54,10 +54,9 @@ def top1_accuracy(logits: torch.Tensor, labels: torch.Tensor,
     """Percentage of labelled pixels whose label has the largest logit.
 
     The value of ``mmseg.models.losses.accuracy(logits, labels, ignore_index=...)``
-    (same epsilon, shape ``(1,)``), from a max over classes instead of a top-k: on CPU
-    ``topk`` along the class dimension costs about 30 ms for 2 x 21 x 308 x 308 logits,
-    ``amax`` and ``gather`` about 1 ms. Pixels where several classes tie for the
-    largest logit count as correct when the label is one of them.
+    (same epsilon, shape ``(1,)``), from a max over classes instead of a top-k, which
+    on CPU costs many times more (measured in docs/performance.md). Pixels where several
+    classes tie for the largest logit count as correct when the label is one of them.
 
     Args:
         logits (torch.Tensor): ``(N, C, H, W)`` scores.
@@ -135,7 +134,7 @@ class LinearHead(BaseDecodeHead):
                      batch_data_samples: SampleList) -> dict:
         """:meth:`BaseDecodeHead.loss_by_feat`, with the logits upsampled by
         :func:`bilinear_resize` and ``acc_seg`` from :func:`top1_accuracy`: the same
-        values within float rounding, about 45 ms less per 308 px batch of 2 on CPU. In
+        values within float rounding, at a fraction of the cost on CPU (docs/performance.md). In
         binary mode (``out_channels=1``) ``acc_seg`` is :func:`binary_accuracy`, the
         accuracy of the thresholded prediction.
 

@@ -5,24 +5,32 @@ Without them a missing folder or file, an empty or truncated image, a label map 
 several channels, with values above 255 (cast to uint8 and wrapped) or of another size
 than its image, surfaces deep inside a data-loader worker as an error that names no
 file, or not at all: training runs on wrong labels and testing reports a wrong mIoU.
+
+Why next to the ``CheckSegMap`` pipeline step: the scan sees what that step cannot (a
+16-bit value above 255 already wrapped by ``LoadAnnotations``' uint8 cast, an image and
+label of different sizes, a truncated file) and lists every bad file before a model is
+built; ``CheckSegMap`` guards runs that do not go through this project's tools.
 """
 import copy
 import logging
 import os
 import os.path as osp
-from typing import Dict, List, NamedTuple, Optional
+from typing import Callable, Dict, List, NamedTuple, Optional, TypeVar
 
+import torch.distributed as dist
 from mmengine.config import ConfigDict
 from mmengine.dataset import BaseDataset
 from mmengine.logging import print_log
 from mmengine.registry import DefaultScope
 from mmseg.registry import DATASETS
 
-from ...datasets import leaf_configs, leaf_datasets
+from ..dataset_tree import leaf_configs, leaf_datasets
 from .pipeline_readers import pipeline_readers
 from .samples import check_samples
 
 MAX_LISTED = 10
+SHARED_ERRORS = (FileNotFoundError, ValueError)  # what a check raises about the data
+T = TypeVar('T')
 
 
 def check_layout(cfg: Dict, name: str) -> None:
@@ -48,8 +56,9 @@ def check_layout(cfg: Dict, name: str) -> None:
 
 def _unserialized(dataset_cfg: Dict) -> Dict:
     """A copy of ``dataset_cfg`` whose datasets keep their sample lists unserialized:
-    MMEngine's serialization runs a full garbage collection per dataset (0.6 s once
-    torch is loaded), which a check that builds the datasets only to list them skips."""
+    MMEngine's serialization runs a full garbage collection per dataset (slow once torch
+    is loaded: docs/performance.md), which a check that builds the datasets only to list
+    them skips."""
     dataset_cfg = copy.deepcopy(dataset_cfg)
     for _, leaf_cfg in leaf_configs(dataset_cfg, ''):
         dataset_type = leaf_cfg.get('type')
@@ -91,7 +100,8 @@ class LeafResult(NamedTuple):
 
 
 def _log(message: str, level: int = logging.INFO) -> None:
-    """Log on the first process only: every process of a launch runs the checks."""
+    """Log on the first process only (of a launch without a process group, every process
+    runs the checks)."""
     if os.environ.get('RANK', '0') == '0':
         print_log(message, logger='current', level=level)
 
@@ -157,13 +167,51 @@ def check_dataset(dataset_cfg: Dict, name: str, default_scope: str = 'mmseg') ->
     return len(dataset)
 
 
+def on_first_rank(check: Callable[[], T]) -> T:
+    """Run ``check`` on global rank 0 only and give every rank its result, or its error.
+
+    With a process group of several ranks (``tools/train.py`` and ``tools/test.py``
+    create it before they check the data), rank 0 runs ``check`` and broadcasts what it
+    returned or the error it raised; every other rank returns the same value or raises
+    an error of the same type with the same message (a ``FileNotFoundError`` or
+    ``ValueError`` about the data; any other error as a ``RuntimeError`` naming it).
+    Without a process group ``check`` simply runs.
+
+    Args:
+        check (callable): Takes no argument; its result must be picklable.
+    """
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        return check()
+    verdict: List[Optional[tuple]] = [None]
+    error = None
+    if dist.get_rank() == 0:
+        try:
+            verdict[0] = ('result', check())
+        except Exception as raised:  # every rank must hear of it, or they wait forever
+            error = raised
+            verdict[0] = ('error', type(raised).__name__, str(raised))
+    dist.broadcast_object_list(verdict, src=0)
+    if error is not None:
+        raise error
+    if verdict[0][0] == 'result':
+        return verdict[0][1]
+    _, kind, message = verdict[0]
+    shared = {cls.__name__: cls for cls in SHARED_ERRORS}
+    if kind in shared:
+        raise shared[kind](message)
+    raise RuntimeError(f'the data check failed on rank 0 with {kind}: {message}')
+
+
 def check_dataloaders(cfg, names=('train_dataloader', 'val_dataloader')) -> Dict[str, int]:
     """:func:`check_dataset` for the named dataloaders the config has, built in the
-    config's ``default_scope`` (``'mmseg'`` if it has none).
+    config's ``default_scope`` (``'mmseg'`` if it has none), on global rank 0 only when
+    a process group exists (:func:`on_first_rank`): the files are opened once per job,
+    not once per process.
 
     Returns:
-        dict: dataloader name -> number of samples.
+        dict: dataloader name -> number of samples (on every rank).
     """
     scope = cfg.get('default_scope') or 'mmseg'
-    return {name: check_dataset(cfg[name]['dataset'], f'{name}.dataset', scope)
-            for name in names if cfg.get(name) is not None}
+    return on_first_rank(lambda: {
+        name: check_dataset(cfg[name]['dataset'], f'{name}.dataset', scope)
+        for name in names if cfg.get(name) is not None})

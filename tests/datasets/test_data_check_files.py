@@ -9,10 +9,10 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger
 from PIL import Image
 
-from dinolora_mmseg.engine.data_checks import check_dataset
-from dinolora_mmseg.engine.data_checks import samples as sample_checks
-from dinolora_mmseg.engine.data_checks.image_file import EXIF_ORIENTATION
-from dinolora_mmseg.engine.data_checks.samples import check_samples
+from dinolora_mmseg.datasets.data_checks import check_dataset
+from dinolora_mmseg.datasets.data_checks import samples as sample_checks
+from dinolora_mmseg.datasets.data_checks.image_file import EXIF_ORIENTATION
+from dinolora_mmseg.datasets.data_checks.samples import check_samples
 from tests.helpers import ROOT, make_demo_voc
 
 

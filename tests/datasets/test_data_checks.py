@@ -3,7 +3,7 @@ import shutil
 import pytest
 from mmengine.config import Config
 
-from dinolora_mmseg.engine.data_checks import check_dataloaders, check_dataset
+from dinolora_mmseg.datasets.data_checks import check_dataloaders, check_dataset
 from tests.helpers import ROOT, make_demo_voc
 
 

@@ -7,7 +7,6 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 from .image_file import ImageLoader, UnreadableFile, file_problem, image_size
 from .label_file import LabelRules, label_stats
 
-
 PARALLEL_FROM = 500  # samples; fewer are checked faster than worker processes start
 
 
@@ -56,10 +55,10 @@ def _check(args) -> SampleReport:
 
 
 def default_workers() -> int:
-    """The CPUs this process may use, shared among the processes of a torchrun launch
-    on this machine (each checks the whole dataset)."""
+    """The CPUs this process may use (one process per job checks the data:
+    :func:`~.dataloaders.on_first_rank`)."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-    return max(1, (cpus or 1) // int(os.environ.get('LOCAL_WORLD_SIZE', 1)))
+    return max(1, cpus or 1)
 
 
 def check_samples(paths: Sequence[Tuple[str, Optional[str]]], loader: Optional[ImageLoader],
