@@ -1,12 +1,11 @@
 """Test a segmentor; the command line of MMSegmentation's ``tools/test.py``."""
 import argparse
-import os
 
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
 from dinolora_mmseg.datasets import leaf_configs
-from dinolora_mmseg.datasets.data_checks import check_dataloaders
+from dinolora_mmseg.datasets.data_checks import check_test_dataloader
 from dinolora_mmseg.deployment import compile_segmentor
 from dinolora_mmseg.engine.checkpoint_io import load_checkpoint_into
 from dinolora_mmseg.engine.launch import add_common_args, prepare_launch
@@ -63,11 +62,7 @@ def main():
         cfg.test_evaluator['output_dir'] = args.out
         cfg.test_evaluator['keep_results'] = True
     prepare_launch(cfg, args.launcher, args.device)  # first: data checked once, on rank 0
-    num_images = check_dataloaders(cfg, ['test_dataloader'])['test_dataloader']
-    processes = int(os.environ.get('WORLD_SIZE', 1)) if args.launcher != 'none' else 1
-    if processes > num_images:
-        raise ValueError(f'{processes} processes for {num_images} test images: each process '
-                         'needs at least one; start fewer')
+    check_test_dataloader(cfg, args.launcher)
     runner = Runner.from_cfg(cfg)
     load_checkpoint_into(runner, args.checkpoint, strict=True,
                          trusted=args.trust_checkpoint or is_trusted(cfg, args.checkpoint))

@@ -19,6 +19,7 @@ from mmengine.logging import MMLogger
 from mmengine.registry import DefaultScope
 from mmengine.runner import Runner
 import dinolora_mmseg  # noqa: F401 registers the wrapper
+from dinolora_mmseg.engine.cpu_distributed import destroy_process_group
 from dinolora_mmseg.models import DINOv2
 
 pretrained = sys.argv[1] or None
@@ -52,7 +53,8 @@ report.update(trainable_equal_after_step=torch.equal(*gathered(trainable)),
 if rank == 0:
     print(json.dumps(report), flush=True)
 dist.barrier()
-dist.destroy_process_group()
+del wrapped
+destroy_process_group()  # and free what refers to the group, or gloo may abort at exit
 """
 
 

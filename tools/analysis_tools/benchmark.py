@@ -69,6 +69,7 @@ from dinolora_mmseg.benchmark.references import (REFERENCES, check_reference,
 from dinolora_mmseg.benchmark.report import print_report, summarise, time_ratios
 from dinolora_mmseg.benchmark.workloads import BACKENDS, build_workload
 from dinolora_mmseg.models.utils import Attention
+from dinolora_mmseg.utils.atomic_write import atomic_write_bytes
 from dinolora_mmseg.utils.config import load_config
 from dinolora_mmseg.utils.timing import matmul_rate, synchronize, time_steps
 from dinolora_mmseg.utils.weights import hub_cache_path, is_url
@@ -226,6 +227,13 @@ def measure_child(argv: Sequence[str], variant: str, count: bool = False,
             return json.load(f)
 
 
+def save_report(report: Dict, path: str) -> None:
+    """Write ``report`` as JSON to ``path`` (atomically; its folder created)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write_bytes(path, json.dumps(report, indent=2).encode())
+    print(f'wrote {path}')
+
+
 def build_report(argv: Sequence[str], args: argparse.Namespace) -> Dict:
     """``--mode build``: building the backbone from its pretrained file against
     ``torch.load`` of the file, alternating fresh child processes for ``--rounds`` rounds."""
@@ -248,10 +256,7 @@ def build_report(argv: Sequence[str], args: argparse.Namespace) -> Dict:
     print(f'build / torch.load: {ratio["pooled"]:.3f} (of medians), {ratio["paired"]:.3f} '
           '(median of the rounds\' ratios)')
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, 'w') as f:
-            json.dump(report, f, indent=2)
-        print(f'wrote {args.json}')
+        save_report(report, args.json)
     return report
 
 
@@ -322,10 +327,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Optional[Dict]:
                                     if ours['peak_memory_mib'] > 0 else None))
     print_report(report)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, 'w') as f:
-            json.dump(report, f, indent=2)
-        print(f'wrote {args.json}')
+        save_report(report, args.json)
     return report
 
 

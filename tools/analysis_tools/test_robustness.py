@@ -42,7 +42,7 @@ from dinolora_mmseg.datasets import (
     SEVERITIES,
     leaf_configs,
 )
-from dinolora_mmseg.datasets.data_checks import check_dataloaders
+from dinolora_mmseg.datasets.data_checks import check_test_dataloader
 from dinolora_mmseg.engine.checkpoint_io import load_checkpoint_into
 from dinolora_mmseg.engine.launch import add_common_args, prepare_launch
 from dinolora_mmseg.utils.atomic_write import atomic_write_bytes
@@ -203,11 +203,7 @@ def main():
     cfg.load_from = None  # loaded strictly by run_test
     key = results_key(cfg, args)
     prepare_launch(cfg, args.launcher, args.device)  # first: data checked once, on rank 0
-    num_images = check_dataloaders(cfg, ['test_dataloader'])['test_dataloader']
-    processes = int(os.environ.get('WORLD_SIZE', 1)) if args.launcher != 'none' else 1
-    if processes > num_images:
-        raise ValueError(f'{processes} processes for {num_images} test images: each process '
-                         'needs at least one; start fewer')
+    check_test_dataloader(cfg, args.launcher)
     main_process = is_main_process()
     loaded = [None]
     if main_process:

@@ -215,3 +215,25 @@ def check_dataloaders(cfg, names=('train_dataloader', 'val_dataloader')) -> Dict
     return on_first_rank(lambda: {
         name: check_dataset(cfg[name]['dataset'], f'{name}.dataset', scope)
         for name in names if cfg.get(name) is not None})
+
+
+def check_test_dataloader(cfg, launcher: str) -> int:
+    """:func:`check_dataloaders` for ``test_dataloader``, refusing more processes than
+    test images (every process of a distributed test needs at least one).
+
+    Args:
+        cfg (Config): The config.
+        launcher (str): The tool's ``--launcher``; with ``'none'`` there is one process.
+
+    Returns:
+        int: The number of test images.
+
+    Raises:
+        ValueError: ``WORLD_SIZE`` processes for fewer test images.
+    """
+    num_images = check_dataloaders(cfg, ['test_dataloader'])['test_dataloader']
+    processes = int(os.environ.get('WORLD_SIZE', 1)) if launcher != 'none' else 1
+    if processes > num_images:
+        raise ValueError(f'{processes} processes for {num_images} test images: each process '
+                         'needs at least one; start fewer')
+    return num_images
