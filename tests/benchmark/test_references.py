@@ -100,7 +100,7 @@ def test_check_reference_says_when_our_head_is_not_linear(config):
     mask2former = Config.fromfile(osp.join(ROOT, 'configs/dinov3_lora_mask2former_voc.py'))
     notes = references.check_reference(mask2former, 'timm-peft', (64, 96), 'm2f.py')
     assert ('timm-peft: its head is a 1x1 convolution on the last block; ours is ViTFPN + '
-            'Mask2FormerHead, whose cost the time ratio includes') in notes
+            'Float32DeformAttnMask2FormerHead, whose cost the time ratio includes') in notes
     assert not any('spatial prior' in note for note in notes)
     prior = Config.fromfile(osp.join(ROOT, 'configs/dinov3_lora_mask2former_prior_voc.py'))
     notes = references.check_reference(prior, 'timm-peft', (64, 96), 'm2f_prior.py')
