@@ -16,20 +16,16 @@ def build_model(cfg: Config, checkpoint: Optional[str] = None,
                 device: Union[str, torch.device] = 'cpu', trusted: bool = False) -> nn.Module:
     """The model of ``cfg``, with ``checkpoint`` loaded strictly, in eval mode on ``device``.
 
-    Built with ``MODELS`` in the config's registry scope (``'mmseg'`` where it has none);
-    the checkpoint is read by :func:`~dinolora_mmseg.utils.checkpoint_file.read_checkpoint`
-    (CRC-checked, weights-only unless ``trusted``) and must match the model's keys, as
-    MMEngine's ``load_checkpoint(strict=True)`` checks them. As MMSeg's ``init_model``
-    does, the model keeps ``cfg`` as ``model.cfg`` and the checkpoint's
-    ``meta['dataset_meta']`` (classes, palette) as ``model.dataset_meta`` (None where the
-    checkpoint has none, or without a checkpoint).
+    Built in the config's registry scope (``'mmseg'`` by default); as MMSeg's
+    ``init_model``, it keeps ``model.cfg`` and the checkpoint's ``meta['dataset_meta']``
+    as ``model.dataset_meta`` (None without one).
 
     Args:
         cfg (Config): The config (:func:`~dinolora_mmseg.utils.config.load_config`).
         checkpoint (str, optional): Checkpoint file of the model.
         device (str | torch.device): Where to put the model.
-        trusted (bool): The user named ``checkpoint`` as trusted (as the config's
-            ``trusted_checkpoints`` can): unpickle it in full.
+        trusted (bool): The user trusts ``checkpoint`` (as the config's
+            ``trusted_checkpoints`` can): unpickle it in full, not weights-only.
 
     Raises:
         RuntimeError: The checkpoint's keys do not match the model's (the message lists
@@ -45,11 +41,9 @@ def build_model(cfg: Config, checkpoint: Optional[str] = None,
 
 
 def load_model_checkpoint(model: nn.Module, checkpoint: str, trusted: bool = False) -> None:
-    """Load ``checkpoint`` into ``model`` strictly, as :func:`build_model` does (for a
-    tool that checks the model before it reads the file); the pretrained files its
-    ``meta`` records are checked against the model's
-    (:func:`~.backbones.frozen_pretrained.check_pretrained_records`), and its
-    ``meta['dataset_meta']`` becomes ``model.dataset_meta``.
+    """Load ``checkpoint`` into ``model`` as :func:`build_model` does: strictly, the
+    pretrained files its ``meta`` records checked against the model's
+    (:func:`~.backbones.frozen_pretrained.check_pretrained_records`).
 
     Args:
         model (nn.Module): The built model.

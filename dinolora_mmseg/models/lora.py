@@ -1,12 +1,5 @@
-"""Low-rank adapters (LoRA) for linear layers, and folding them into plain layers.
-
-``y = W x + b + (alpha / rank) * B(A(dropout(x)))``, where ``A`` is Kaiming-uniform
-initialised and ``B`` is zero, so a freshly adapted model computes exactly what the
-pretrained one does. An adapter may write to a slice of the output rows only, which is
-how the query, key and value thirds of a fused ``qkv`` projection are adapted apart.
-:func:`fold_lora` turns every adapted layer into the plain ``nn.Linear`` it computes,
-for merged checkpoints, the official layout, export and inference at plain-model cost.
-"""
+"""LoRA for linear layers, ``y = W x + b + (alpha / rank) * B(A(dropout(x)))``, and
+:func:`fold_lora`, which turns adapted layers back into the plain ``nn.Linear`` they compute."""
 import copy
 import math
 from itertools import chain
@@ -24,8 +17,9 @@ RowRange = Tuple[int, int]
 class LoRALinear(nn.Linear):
     """``nn.Linear`` with low-rank adapters on chosen ranges of output rows.
 
-    The frozen ``weight`` and ``bias`` keep their names, so a state dict of the
-    adapted model holds the original keys plus ``lora_A.<part>`` and ``lora_B.<part>``.
+    ``A`` starts Kaiming-uniform and ``B`` zero, so a fresh layer computes the plain one;
+    parts on row ranges adapt the q, k and v thirds of a fused ``qkv`` apart. The state
+    dict holds ``weight``, ``bias``, ``lora_A.<part>`` and ``lora_B.<part>``.
 
     Args:
         in_features (int): Input width.
@@ -85,11 +79,8 @@ class LoRALinear(nn.Linear):
         return layer
 
     def lora_factors(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """All adapters as one pair: ``A`` (parts * r, in) and ``B`` (out, parts * r).
-
-        ``B`` holds each part's factor in that part's output rows and zeros elsewhere,
-        so ``B @ A`` is the whole update of ``weight`` (before scaling).
-        """
+        """All parts as one pair, ``A`` (parts * r, in) and ``B`` (out, parts * r), each
+        part's ``B`` in its rows, zeros elsewhere: ``B @ A`` is the update of ``weight``."""
         r, num_parts = self.rank, len(self.parts)
         a = torch.cat([self.lora_A[name] for name in self.parts])
         b = sum(F.pad(self.lora_B[name], (i * r, (num_parts - 1 - i) * r, start,
@@ -99,9 +90,8 @@ class LoRALinear(nn.Linear):
 
     @torch.no_grad()
     def add_update_to(self, weight: torch.Tensor) -> torch.Tensor:
-        """``weight[start:end] += (alpha / r) * B_part @ A_part`` in place for each part,
-        with the factors cast to ``weight``'s dtype: rows no part adapts are left as they
-        are, and no zero-padded factors or full-size update tensor are allocated.
+        """``weight[start:end] += (alpha / r) * B_part @ A_part`` in place for each part, in
+        ``weight``'s dtype; rows no part adapts are left as they are.
 
         Args:
             weight (torch.Tensor): ``(out_features, in_features)``, changed in place.
@@ -118,12 +108,9 @@ class LoRALinear(nn.Linear):
         return isinstance(self.lora_dropout, nn.Dropout) and self.lora_dropout.training
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``W x + b + scaling * B A dropout(x)``; for ``x`` from a
-        :class:`~.lora_norm.LayerNormSharingNormalized` the adapter reads the norm's
-        normalised input instead of ``x`` (the same values, one activation less kept)."""
-        if not (torch.is_grad_enabled() or self._dropping()):
-            # Inference: one product with the updated weight costs less than the
-            # adapter's two thin ones plus a pass over the output.
+        """For ``x`` from a :class:`~.lora_norm.LayerNormSharingNormalized` the adapter
+        reads the norm's normalised input (the same values, one activation less kept)."""
+        if not (torch.is_grad_enabled() or self._dropping()):  # inference: one product
             return F.linear(x, self.add_update_to(self.weight.detach().clone()), self.bias)
         a, b = self.lora_factors()
         x2d = x.reshape(-1, self.in_features)
@@ -135,7 +122,9 @@ class LoRALinear(nn.Linear):
             x_hat, weight, bias = normalized
             update = torch.addmm(a @ bias, x_hat.reshape(-1, self.in_features),
                                  (a * weight).t())
-        return self._add_update(out, update, b).view(*x.shape[:-1], self.out_features)
+        # out += scaling * update @ b.T in place: no scaled copy, no pass of its own.
+        out.addmm_(update.to(out.dtype), b.t().to(out.dtype), alpha=self.scaling)
+        return out.view(*x.shape[:-1], self.out_features)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
                               missing_keys, unexpected_keys, error_msgs):
@@ -151,12 +140,6 @@ class LoRALinear(nn.Linear):
                     'settings it was trained with')
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                       missing_keys, unexpected_keys, error_msgs)
-
-    def _add_update(self, out: torch.Tensor, update: torch.Tensor,
-                    b: torch.Tensor) -> torch.Tensor:
-        """``out += scaling * update @ b.T`` in place (training): no scaled copy of the
-        update and no pass of its own over ``out``."""
-        return out.addmm_(update.to(out.dtype), b.t().to(out.dtype), alpha=self.scaling)
 
     def extra_repr(self) -> str:
         return (f'{super().extra_repr()}, lora_parts={list(self.parts)}, '
@@ -190,9 +173,8 @@ def lora_layers(model: nn.Module) -> Iterator[LoRALinear]:
 
 
 def train_adapters_only(model: nn.Module, mode: bool = True) -> nn.Module:
-    """``model.train(mode)`` for a frozen model: everything stays in eval mode (no
-    dropout, stochastic depth or batch-statistics updates) except the adapters'
-    dropout, which follows ``mode``; ``model.training`` reports ``mode``."""
+    """``model.train(mode)`` for a frozen model: all in eval mode but the adapters'
+    dropout; ``model.training`` reports ``mode``."""
     nn.Module.train(model, False)
     for layer in lora_layers(model):
         layer.lora_dropout.train(mode)
@@ -203,16 +185,12 @@ def train_adapters_only(model: nn.Module, mode: bool = True) -> nn.Module:
 @torch.no_grad()
 def fold_lora(model: nn.Module, inplace: bool = False) -> nn.Module:
     """``model`` with every :class:`LoRALinear` replaced by the ``nn.Linear`` it computes
-    outside training: its weight with the update added (:meth:`LoRALinear.add_update_to`,
-    in the weight's dtype), its bias, no adapter tensors. The folded model's state dict
-    is that of the same model built without LoRA.
+    (:meth:`LoRALinear.add_update_to`): the state dict of the model built without LoRA.
 
     Args:
         model (nn.Module): A model with :class:`LoRALinear` layers (or one of them).
-        inplace (bool): Fold into ``model`` itself: the adapted weights change in place
-            and nothing of their size is allocated. Otherwise ``model`` is left unchanged
-            and a copy is folded that shares the storage of every other tensor with it
-            (as ``detach()`` does): only the adapted weights are new memory.
+        inplace (bool): Fold into ``model`` itself. Otherwise ``model`` is unchanged and
+            a copy is folded that shares every other tensor's storage with it.
 
     Returns:
         nn.Module: The folded model (``model`` itself if ``inplace`` and it is not a

@@ -1,13 +1,6 @@
-"""A layer norm whose output lets the adapters reading it keep one activation instead of
-two for backward.
-
-Training ``lora(norm(x))`` keeps the norm's input (or its normalised ``x_hat``) and the
-adapter's input ``norm(x)``. :class:`LayerNormSharingNormalized` attaches ``x_hat`` and
-its affine parameters to its output (the attribute :data:`NORMALIZED`); a
-:class:`~dinolora_mmseg.models.lora.LoRALinear` given that very tensor computes its
-``A norm(x)`` as ``(A * w) x_hat + A b``, so the norm and the adapter keep the same
-``x_hat``. Any other consumer sees a plain layer norm output.
-"""
+"""A layer norm sharing its normalised input ``x_hat`` with the adapters reading its output,
+so that both keep one activation for backward (docs/performance.md, "Adapters reading the
+norm's normalised input")."""
 from typing import Iterable, Tuple
 
 import torch
@@ -18,18 +11,14 @@ NORMALIZED = 'lora_normalized_input'
 
 
 class _LayerNormKeepingNormalized(torch.autograd.Function):
-    """Layer norm ``x_hat * weight + bias`` over the last dimension that also returns
-    the normalised ``x_hat`` and keeps only ``x_hat`` (and ``1 / std``) for backward.
-
-    Both outputs reach ``x`` through ``x_hat``, whose input gradient is ``1 / std``
-    times that of normalising ``x_hat`` itself (mean 0, ``1 / std`` of 1).
-    """
+    """Layer norm ``x_hat * weight + bias`` that also returns ``x_hat`` and keeps only
+    ``x_hat`` and ``1 / std`` for backward: the input gradient through ``x_hat`` is
+    ``1 / std`` times that of normalising ``x_hat`` itself (mean 0, std 1)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                 eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
-        # A unit weight and zero bias take the CPU kernel's fast path (faster than
-        # none; measured in docs/performance.md).
+        # A unit weight and zero bias take the CPU kernel's fast path (docs/performance.md).
         ones = x.new_ones(x.shape[-1])
         x_hat, _, rstd = torch.native_layer_norm(x, x.shape[-1:], ones,
                                                  torch.zeros_like(ones), eps)
@@ -50,9 +39,8 @@ class _LayerNormKeepingNormalized(torch.autograd.Function):
 
 
 class LayerNormSharingNormalized(nn.LayerNorm):
-    """``nn.LayerNorm`` (over the last dimension, with affine parameters) whose output,
-    while autograd records, carries its normalised input for the adapters reading it;
-    otherwise it is ``nn.LayerNorm``'s forward. Same parameters and state-dict keys."""
+    """``nn.LayerNorm`` whose output, while autograd records, carries ``(x_hat, weight,
+    bias)`` as the attribute :data:`NORMALIZED` for a ``LoRALinear`` reading it."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled():
@@ -63,11 +51,11 @@ class LayerNormSharingNormalized(nn.LayerNorm):
 
 
 def share_normalized_input(model: nn.Module, names: Iterable[str]) -> None:
-    """Make the named ``nn.LayerNorm`` submodules of ``model``
+    """Make the named ``nn.LayerNorm`` submodules of ``model`` (in place)
     :class:`LayerNormSharingNormalized`, keeping their parameters.
 
     Args:
-        model (nn.Module): Changed in place.
+        model (nn.Module): The model.
         names (Iterable[str]): Dotted names of layer norms whose outputs adapters read.
     """
     for name in names:

@@ -21,11 +21,9 @@ FROZEN_DTYPES = {'float32': None, 'bfloat16': torch.bfloat16}
 class DINOViTBase(BaseModule):
     """A DINO vision transformer: patch tokens after prefix tokens, pre-norm blocks, LoRA.
 
-    Subclasses add the prefix tokens and the position information (``_build_tokens``,
-    ``_init_tokens``, ``_prepare_tokens``, ``_rope``) and convert the official key
-    layout (``_from_official``, ``_to_official``). The pretrained file, the freezing and
-    the record of which file it was are one component, :attr:`frozen_weights` (a
-    :class:`FrozenPretrained`).
+    Subclasses add the prefix tokens and positions (``_build_tokens``, ``_init_tokens``,
+    ``_prepare_tokens``, ``_rope``) and the official key layout (``_from_official``,
+    ``_to_official``); the pretrained weights are :attr:`frozen_weights`.
 
     Args:
         arch (str | dict): A name of the subclass's ``arch_zoo`` or a dict with
@@ -36,37 +34,24 @@ class DINOViTBase(BaseModule):
         out_indices (int | Sequence[int]): Blocks whose outputs are returned;
             negative indices count from the end.
         final_norm (bool): Apply the final LayerNorm to every output.
-        drop_path_rate (float): Stochastic depth, rising linearly to this rate.
-            Inactive while the backbone is frozen.
+        drop_path_rate (float): Stochastic depth, rising linearly to this rate
+            (inactive while frozen).
         pretrained (str, optional): Local ``.pth``/``.pt``/``.safetensors`` file or
-            ``http(s)`` URL of an official-layout checkpoint, loaded at construction
-            into a model built on the meta device (one copy of the weights in memory).
-            None leaves random weights (with a warning).
-        verify_pretrained (bool): Refuse to load a checkpoint (``load_from``,
-            ``tools/test.py``, ``--resume``) whose adapters were trained on other
-            pretrained weights than ``pretrained`` holds: checkpoints leave the frozen
-            weights out and record (in their ``meta``) the file they were trained on and
-            its fingerprint (:class:`PretrainedRecordHook`).
-        frozen (bool): Pretrained weights get ``requires_grad=False`` and stay in
-            eval mode; only LoRA adapters (and downstream heads) train.
-        frozen_dtype (str): ``'float32'`` or ``'bfloat16'``: the frozen weights are kept
-            in bfloat16 (half the memory) and the backbone computes under bfloat16
-            autocast, while the LoRA adapters stay float32 parameters and the outputs
-            float32. Needs ``frozen=True``.
-        lora (dict, optional): LoRA adapters: ``rank``, ``alpha``, ``dropout``,
-            ``targets`` (any of ``'q'``, ``'k'``, ``'v'``, ``'qkv'``, ``'proj'``,
-            ``'fc1'``, ``'fc2'``) and ``layers`` (block indices, default every block up
-            to the last of ``out_indices``; later blocks do not run, so adapters there
-            are refused).
-        with_cp (bool): Activation checkpointing while training: each block keeps
-            its input and its attention output for the backward pass and recomputes
-            the rest (linear layers, norms, activations).
-        spatial_prior (dict, optional): Arguments of a :class:`SpatialPrior`
-            (``channels``, ``norm_cfg``, ``act_cfg``): a small trainable convolutional
-            stem on the image whose four maps (strides 4, 8, 16, 32) follow the ViT
-            outputs, for :class:`ViTFPN` with ``prior_channels``. It trains (and follows
-            train/eval mode) while the ViT is frozen, is saved in checkpoints, and is
-            not part of the official layout (:meth:`official_state_dict`).
+            ``http(s)`` URL in the official layout, loaded into a model built on the meta
+            device. None leaves random weights (with a warning).
+        verify_pretrained (bool): Refuse checkpoints whose adapters were trained on
+            other pretrained weights (as their ``meta`` records them).
+        frozen (bool): Pretrained weights do not train and stay in eval mode.
+        frozen_dtype (str): ``'float32'`` or ``'bfloat16'`` (needs ``frozen``): frozen
+            weights in bfloat16 under bfloat16 autocast; adapters and outputs float32.
+        lora (dict, optional): ``rank``, ``alpha``, ``dropout``, ``targets`` (of
+            :attr:`lora_target_names`) and ``layers`` (block indices, default every block
+            up to the last of ``out_indices``; later ones are refused: they do not run).
+        with_cp (bool): Activation checkpointing while training, keeping attention
+            outputs (:func:`checkpoint_keeping_attention`).
+        spatial_prior (dict, optional): Arguments of a trainable :class:`SpatialPrior`
+            whose four maps follow the ViT outputs (for ``ViTFPN(prior_channels=...)``);
+            not part of the official layout.
         init_cfg (dict, optional): MMEngine initialisation config.
     """
 
@@ -135,7 +120,6 @@ class DINOViTBase(BaseModule):
 
     @staticmethod
     def _token_count(name: str, value) -> int:
-        """``value`` if it is a non-negative int, else a ValueError naming ``name``."""
         if not isinstance(value, int) or value < 0:
             raise ValueError(f'{name} must be a non-negative int, got {value!r}')
         return value
@@ -156,7 +140,6 @@ class DINOViTBase(BaseModule):
         return arch
 
     def _ffn(self, arch: Dict) -> Callable[[int, int], nn.Module]:
-        """Makes each block's feed-forward network from ``(embed_dims, hidden_dims)``."""
         return self.ffn_layers[arch.get('ffn_type', 'mlp')]
 
     def _describe(self) -> str:
@@ -173,8 +156,8 @@ class DINOViTBase(BaseModule):
         return tuple(index % self.num_layers for index in indices)
 
     def _init_random(self) -> None:
-        """Random weights for tests and demos; layer scales start at 1, so that the
-        blocks of a random model are not close to the identity."""
+        """Random weights for tests and demos; layer scales at 1, so that random blocks
+        are not close to the identity."""
         self._init_tokens()
         for module in self.modules():
             if isinstance(module, nn.Linear):
@@ -191,8 +174,7 @@ class DINOViTBase(BaseModule):
         raise NotImplementedError
 
     def _rope(self, h: int, w: int) -> Optional[Rope]:
-        """Rotary position embedding of an ``h`` x ``w`` grid for every block; None
-        when positions enter with the tokens."""
+        """RoPE of an ``h`` x ``w`` grid for every block; None without."""
         return None
 
     def _add_lora(self, rank: int = 4, alpha: float = 4.0, dropout: float = 0.0,
@@ -224,7 +206,7 @@ class DINOViTBase(BaseModule):
                 for module, span in rows[target]:
                     parts_by_module.setdefault(f'blocks.{index}.{module}', {})[target] = span
         add_lora(self, parts_by_module, rank=rank, alpha=alpha, dropout=dropout)
-        # Adapters right after a norm read its normalised input: one activation less kept.
+        # Adapters right after a norm read its normalised input (lora_norm.py).
         norms = [name for name, targets_after in
                  (('norm1', {'q', 'k', 'v', 'qkv'}), ('norm2', {'fc1'}))
                  if targets_after & set(targets)]
@@ -232,9 +214,8 @@ class DINOViTBase(BaseModule):
 
     @torch.no_grad()
     def official_state_dict(self) -> Dict[str, torch.Tensor]:
-        """Every weight under the official release's key names, LoRA adapters folded in
-        (:func:`fold_lora` of a copy; the backbone is unchanged): a file that the official
-        code and ``pretrained=`` load as they load a release."""
+        """Every weight under the official key names, LoRA folded in (into a copy), as
+        the official code and ``pretrained=`` load a release."""
         folded = fold_lora(self)
         return self._to_official({
             name: tensor.detach() for name, tensor in
@@ -242,8 +223,7 @@ class DINOViTBase(BaseModule):
             if not name.startswith('spatial_prior.')})
 
     def train(self, mode: bool = True) -> 'DINOViTBase':
-        """Keep frozen weights in eval mode; LoRA dropout and the spatial prior follow
-        ``mode``."""
+        """Frozen weights stay in eval mode; LoRA dropout and the spatial prior follow."""
         if not self.frozen:
             return super().train(mode)
         train_adapters_only(self, mode)
@@ -275,14 +255,13 @@ class DINOViTBase(BaseModule):
             self._warn_padding(H, W)
             x = F.pad(x, (0, w * p - W, 0, h * p - H))
         image = x
-        # bfloat16 frozen weights compute in bfloat16; adapters stay float32 parameters.
         with (torch.autocast(x.device.type, dtype=self.frozen_dtype)
               if self.frozen_dtype is not None else nullcontext()):
             x = self._prepare_tokens(self.patch_embed(x), h, w)
             rope = self._rope(h, w)  # once for all blocks
             features = {}
-            # Blocks after the last output cannot change the outputs and are not run.
             checkpointed = self.with_cp and self.training and torch.is_grad_enabled()
+            # Blocks after the last output are not run.
             for index, block in enumerate(self.blocks[:max(self.out_indices) + 1]):
                 if checkpointed:
                     x = checkpoint_keeping_attention(block, x, rope)

@@ -16,40 +16,27 @@ OFFICIAL_URL = 'https://dl.fbaipublicfiles.com/dinov2/dinov2_vit{s}14/dinov2_vit
 class DINOv2(DINOViTBase):
     """DINOv2 vision transformer with optional LoRA adapters.
 
-    Reproduces the official DINOv2 models (``dinov2_vit{s,b,l,g}14[_reg4]``) and
-    loads their released checkpoints as they are. Outputs are the patch tokens of the
-    chosen blocks as ``(B, C, ceil(H/14), ceil(W/14))`` maps, as the official
-    ``get_intermediate_layers(..., reshape=True, norm=final_norm)`` returns them.
-
-    Positions enter once, as a learned 37x37 embedding of the patch grid (and the class
-    token) resized to the input's grid; register tokens come after the class token and
-    get no position.
-
-    Inputs whose sides are not multiples of the patch size are zero-padded at the
-    bottom and right (the value of the mean colour after normalisation), never cropped.
-    MMSeg's data preprocessor can do this padding instead (``size_divisor=14``), which
-    also crops the padded rows off the predictions.
+    The official ``dinov2_vit{s,b,l,g}14[_reg4]``, loading their released checkpoints
+    as they are; outputs as the official ``get_intermediate_layers(..., reshape=True,
+    norm=final_norm)``: ``(B, C, ceil(H/14), ceil(W/14))``. Positions are a learned 37x37
+    grid, resized; register tokens follow the class token and get none. Inputs are
+    zero-padded at the bottom and right to multiples of 14, never cropped.
 
     Args:
-        arch (str | dict): ``'small'``, ``'base'``, ``'large'``, ``'giant'`` or a dict
-            with ``embed_dims``, ``num_layers``, ``num_heads`` and optionally
-            ``ffn_type`` (``'mlp'``/``'swiglu'``) and ``mlp_ratio``.
+        arch (str | dict): ``'small'``, ``'base'``, ``'large'``, ``'giant'`` or a dict,
+            see :class:`DINOViTBase`.
         num_register_tokens (int): Register tokens after the class token (4 for the
             ``_reg4`` releases).
         img_size (int): Side of the square image the position embedding was trained
             for (518 -> a 37x37 grid).
         patch_size (int): Patch side in pixels.
         interpolate_antialias (bool, optional): Antialiased bicubic resizing of the
-            position embedding. Default: as the official model of this variant
-            (True with registers, False without).
+            position embedding. Default: as the official variant (True with registers).
         interpolate_offset (float, optional): The official ``+0.1`` offset of the
             resize scale factor; ``0`` resizes to the exact grid. Default: as the
-            official model (0 with registers, 0.1 without).
-        **kwargs: ``in_channels``, ``out_indices``, ``final_norm``,
-            ``drop_path_rate``, ``pretrained``, ``verify_pretrained``, ``frozen``,
-            ``frozen_dtype``, ``lora``, ``with_cp``, ``init_cfg``: see
-            :class:`DINOViTBase`. For the SwiGLU ViT-g, LoRA target ``'fc1'`` adapts
-            ``w12`` and ``'fc2'`` ``w3``.
+            official variant (0 with registers, 0.1 without).
+        **kwargs: See :class:`DINOViTBase`. For the SwiGLU ViT-g, LoRA target ``'fc1'``
+            adapts ``w12`` and ``'fc2'`` ``w3``.
     """
 
     family = 'DINOv2'
@@ -60,7 +47,6 @@ class DINOv2(DINOViTBase):
         'giant': dict(embed_dims=1536, num_layers=40, num_heads=24, ffn_type='swiglu'),
     }
     ffn_layers = {'mlp': Mlp, 'swiglu': FusedSwiGLUFFN}
-    norm_eps = 1e-6
 
     def __init__(self,
                  arch: Union[str, Dict] = 'large',
@@ -111,18 +97,12 @@ class DINOv2(DINOViTBase):
         return state
 
     def _to_official(self, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Ours plus a zero ``mask_token``, which the official model has and never uses
-        outside training."""
+        """Ours plus a zero ``mask_token`` (used in training only)."""
         return dict(state, mask_token=torch.zeros(1, self.embed_dims, dtype=self.cls_token.dtype))
 
     def interpolate_pos_encoding(self, h: int, w: int) -> torch.Tensor:
-        """Position embedding (class slot first) for an ``h`` x ``w`` patch grid.
-
-        As the official ``interpolate_pos_encoding``: bicubic resizing of the trained
-        grid, either by ``scale_factor=((h + offset) / M, (w + offset) / M)`` or to
-        ``size=(h, w)`` when the offset is 0, antialiased or not by variant; the
-        trained grid itself is returned unchanged.
-        """
+        """Position embedding (class slot first) for an ``h`` x ``w`` patch grid, resized
+        as the official ``interpolate_pos_encoding`` does."""
         grid = math.isqrt(self.pos_embed.shape[1] - 1)
         if h == w == grid:
             return self.pos_embed
@@ -139,8 +119,7 @@ class DINOv2(DINOViTBase):
         return torch.cat([pos_embed[:, :1], patch_pos], dim=1).to(self.pos_embed.dtype)
 
     def _prepare_tokens(self, patches: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """``[class, registers, patches]``; the class token and the patches get their
-        positions added before the registers go in."""
+        """``[class, registers, patches]``; positions added before the registers go in."""
         B = patches.shape[0]
         x = torch.cat([self.cls_token.expand(B, -1, -1), patches], dim=1)
         x = x + self.interpolate_pos_encoding(h, w)

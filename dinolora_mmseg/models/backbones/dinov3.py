@@ -8,9 +8,8 @@ from torch import nn
 from ..utils import Mlp, Rope, RopePositionEmbedding, SwiGLUFFN
 from .dino_vit_base import DINOViTBase
 
-# Official file names, ``dinov3_{arch}_pretrain_{weights}-{hash}.pth`` (DINOv3 License;
-# the download links are personal: https://ai.meta.com/resources/models-and-libraries/
-# dinov3-downloads/).
+# Official file names (DINOv3 License; personal download links from
+# https://ai.meta.com/resources/models-and-libraries/dinov3-downloads/).
 OFFICIAL_FILES = {
     ('small', 'lvd1689m'): 'dinov3_vits16_pretrain_lvd1689m-08c60483.pth',
     ('small_plus', 'lvd1689m'): 'dinov3_vits16plus_pretrain_lvd1689m-4057cbaa.pth',
@@ -34,43 +33,27 @@ def _zero_key_rows(embed_dims: int, grad: torch.Tensor) -> torch.Tensor:
 class DINOv3(DINOViTBase):
     """DINOv3 vision transformer with optional LoRA adapters.
 
-    Reproduces the official DINOv3 ViTs (``dinov3_vit{s,s+,b,l,h+,7b}16``) in
-    evaluation and loads their released checkpoints (``dinov3_vit*16*_pretrain_*.pth``,
-    see :data:`OFFICIAL_FILES`) as they are. Outputs are the patch tokens of the
-    chosen blocks as ``(B, C, ceil(H/16), ceil(W/16))`` maps, as the official
-    ``get_intermediate_layers(..., reshape=True, norm=final_norm)`` returns them.
-
-    Against :class:`DINOv2`: patches of 16 pixels, 4 storage (register) tokens after
-    the class token, no learned position embedding but rotary positions (RoPE) on the
-    patch tokens' queries and keys in every block (sin/cos made once per grid),
-    LayerNorm epsilon 1e-5, a qkv bias whose key third is masked to zero, and SwiGLU
-    with separate ``w1``/``w2`` layers for S+, H+ and 7B. Training-only tensors of the
-    official files (``mask_token``, the 7B's and SAT ViT-L's ``local_cls_norm``) are
-    not part of the model.
+    The official ``dinov3_vit{s,s+,b,l,h+,7b}16`` in evaluation, loading their released
+    checkpoints (:data:`OFFICIAL_FILES`) as they are; outputs as :class:`DINOv2`'s, at
+    stride 16. Against DINOv2: 4 storage tokens, RoPE on the patches' queries and keys
+    instead of a learned position grid, LayerNorm eps 1e-5, a qkv bias with its key third
+    masked to zero, SwiGLU with separate ``w1``/``w2`` for S+, H+ and 7B. Training-only
+    tensors of the files (``mask_token``, ``local_cls_norm``) are not part of the model.
 
     Args:
         arch (str | dict): ``'small'``, ``'small_plus'``, ``'base'``, ``'large'``,
-            ``'huge_plus'``, ``'7b'`` or a dict with ``embed_dims``, ``num_layers``,
-            ``num_heads`` and optionally ``ffn_type`` (``'mlp'``/``'swiglu'``),
-            ``mlp_ratio``, ``swiglu_align`` (default 8), ``qkv_bias`` (default True) and
-            ``local_cls_norm`` (whether the official model has this training-only norm,
-            for :meth:`official_state_dict`; default False).
+            ``'huge_plus'``, ``'7b'`` or a dict (see :class:`DINOViTBase`), which may
+            also set ``swiglu_align`` (default 8), ``qkv_bias`` (default True) and
+            ``local_cls_norm`` (the official model has one; default False).
         num_storage_tokens (int): Storage (register) tokens after the class token.
         patch_size (int): Patch side in pixels.
-        rope_cfg (dict, optional): Overrides of the RoPE settings (see
-            :class:`RopePositionEmbedding`): official ``base=100``,
-            ``normalize_coords='separate'``; the training-time coordinate
-            augmentations (``shift_coords``, ``jitter_coords``, ``rescale_coords``,
-            official pretraining ``rescale_coords=2``) are off unless set here, and
-            never act while the backbone is frozen (eval mode).
+        rope_cfg (dict, optional): Overrides of the :class:`RopePositionEmbedding`
+            settings (official: ``base=100``, ``normalize_coords='separate'``; coordinate
+            augmentations off unless set, e.g. pretraining's ``rescale_coords=2``).
         mask_k_bias (bool): Keep the key third of the qkv bias at zero, as the official
             models do (a file's ``bias_mask`` is applied when it is loaded).
-        **kwargs: ``in_channels``, ``out_indices``, ``final_norm``,
-            ``drop_path_rate`` (the official pretraining drops whole samples at one
-            rate in every block), ``pretrained``, ``verify_pretrained``, ``frozen``,
-            ``frozen_dtype`` (bfloat16 keeps the 7B model in 13.4 GB instead of 27 GB),
-            ``lora`` (for SwiGLU ``'fc1'`` adapts ``w1`` and ``w2``, one adapter each,
-            ``'fc2'`` ``w3``), ``with_cp``, ``init_cfg``: see :class:`DINOViTBase`.
+        **kwargs: See :class:`DINOViTBase`. For SwiGLU, LoRA target ``'fc1'`` adapts
+            ``w1`` and ``w2`` (one adapter each), ``'fc2'`` ``w3``.
     """
 
     family = 'DINOv3'
@@ -132,17 +115,16 @@ class DINOv3(DINOViTBase):
 
     @staticmethod
     def official_filename(arch: str, weights: str = 'lvd1689m') -> str:
-        """Name of the official checkpoint of ``arch`` pretrained on ``weights``
-        (``'lvd1689m'`` web images, or ``'sat493m'`` satellite images for large and 7b)."""
+        """The official checkpoint of ``arch`` pretrained on ``weights`` (``'lvd1689m'``,
+        or ``'sat493m'`` for large and 7b)."""
         if (arch, weights) not in OFFICIAL_FILES:
             raise ValueError(f'No official DINOv3 {arch!r} checkpoint pretrained on '
                              f'{weights!r}; there are {sorted(OFFICIAL_FILES)}')
         return OFFICIAL_FILES[arch, weights]
 
     def _from_official(self, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Ours from the official layout: training-only tensors dropped, each
-        ``bias_mask`` multiplied into its bias (as the official forward does), and the
-        RoPE periods computed from ``base`` if the file has none."""
+        """Training-only tensors dropped, each ``bias_mask`` multiplied into its bias, RoPE
+        periods from ``base`` if the file has none."""
         local_cls_norm = [k for k in state if k.startswith('local_cls_norm.')]
         self.has_local_cls_norm = self.has_local_cls_norm or bool(local_cls_norm)
         for key in local_cls_norm + ['mask_token']:
@@ -159,9 +141,8 @@ class DINOv3(DINOViTBase):
         return state
 
     def _to_official(self, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Ours plus what the official model has and never uses outside training: a
-        zero ``mask_token``, a default ``local_cls_norm`` where the official model has
-        one (7B, SAT ViT-L), and the ``bias_mask`` of every qkv bias."""
+        """Ours plus the official training-only tensors: a zero ``mask_token``, a default
+        ``local_cls_norm`` where the official model has one, every ``bias_mask``."""
         C, dtype = self.embed_dims, self.cls_token.dtype
         state = dict(state, mask_token=torch.zeros(1, C, dtype=dtype))
         if self.has_local_cls_norm:

@@ -1,5 +1,5 @@
-"""The frozen pretrained weights of a backbone: loading them, keeping them out of
-checkpoints, and the record of which file they came from."""
+"""A backbone's frozen pretrained weights: loading, leaving them out of checkpoints, and
+the record of the file they came from."""
 import logging
 from itertools import chain
 from typing import Callable, Dict, Mapping, Optional, Sequence
@@ -17,13 +17,9 @@ RECORD_KEY = 'pretrained_weights'
 class FrozenPretrained:
     """The weights a backbone takes from its pretrained file and keeps frozen.
 
-    The backbone owns one and calls it explicitly: :meth:`load` fills a model built on
-    the meta device with the file's tensors (they become the parameters: one copy in
-    memory), :meth:`freeze` freezes them and :meth:`attach` registers the state-dict
-    hooks. Checkpoints then leave the frozen weights out (the file has them), and a
-    load reports them as missing no more; :meth:`record` names the file and its
-    fingerprint (:func:`~dinolora_mmseg.utils.fingerprint.file_fingerprint`, cheap),
-    which :func:`check_pretrained_records` compares when a checkpoint is loaded.
+    The backbone calls :meth:`load` (or :meth:`keep_random`), :meth:`freeze` and
+    :meth:`attach`; checkpoints then leave the frozen weights out, and :meth:`record`
+    names the file and its fingerprint for :func:`check_pretrained_records`.
 
     Args:
         family (str): The backbone's name in messages.
@@ -55,11 +51,10 @@ class FrozenPretrained:
     def load(self, model: nn.Module,
              from_official: Callable[[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]],
              describe: str) -> None:
-        """Load the file into ``model``'s parameters and buffers built on the meta device.
+        """Load the file into ``model`` built on the meta device.
 
-        A zip-format ``.pth`` is memory-mapped: without ``dtype`` the parameters are its
-        pages (shared by every process that maps the file, as the ranks of a run do), with
-        one they are cast from it one tensor at a time. Buffers are float32.
+        A zip ``.pth`` is memory-mapped: without ``dtype`` the parameters are its pages
+        (shared by the ranks of a run), with one they are cast one tensor at a time.
 
         Args:
             model (nn.Module): The backbone, built on the meta device.
@@ -102,9 +97,8 @@ class FrozenPretrained:
                 param.data = param.data.to(self.dtype)
 
     def freeze(self, model: nn.Module) -> None:
-        """Freeze ``model``'s weights (if ``frozen``); what the file restores (frozen
-        parameters and the buffers) is what checkpoints leave out from now on. Call
-        it before adding trainable modules."""
+        """Freeze ``model``'s weights (if ``frozen``) and note them and the buffers as
+        what checkpoints leave out. Call it before adding trainable modules."""
         if self.frozen:
             model.requires_grad_(False)
         self.keys = frozenset(chain(
@@ -112,16 +106,15 @@ class FrozenPretrained:
             (name for name, _ in model.named_buffers())))
 
     def attach(self, model: nn.Module) -> None:
-        """Register ``model``'s state-dict hooks: saving leaves the frozen weights out,
-        loading refuses tensors of other shapes and reports the left-out weights as
-        missing no more."""
+        """Register ``model``'s state-dict hooks: :meth:`_leave_out`,
+        :meth:`_check_shapes`, :meth:`_filter_missing`."""
         model._register_state_dict_hook(self._leave_out)
         model._register_load_state_dict_pre_hook(self._check_shapes, with_module=True)
         model.register_load_state_dict_post_hook(self._filter_missing)
 
     def keep_in_state_dicts(self) -> None:
-        """The frozen weights no longer equal the file's (adapters folded in, say): state
-        dicts carry them from now on, and no record names the file."""
+        """The frozen weights no longer equal the file's (adapters folded in): state dicts
+        carry them from now on, and no record names the file."""
         self.path = self.fingerprint = None
 
     def record(self) -> Dict[str, Optional[str]]:
@@ -129,11 +122,8 @@ class FrozenPretrained:
         return dict(pretrained=self.path, fingerprint=self.fingerprint)
 
     def check_record(self, record: Mapping[str, Optional[str]]) -> None:
-        """Raise if the adapters of a checkpoint that left the frozen weights out were
-        trained on other pretrained weights (``record``, from :meth:`record`).
-
-        An empty record (a checkpoint from before records) is accepted; a model without
-        ``pretrained`` is refused by the load itself.
+        """Raise if a checkpoint's adapters were trained on other pretrained weights
+        (``record``, from :meth:`record`; an empty one, from before records, passes).
 
         Raises:
             ValueError: The fingerprints differ; the message names both files.
@@ -150,10 +140,7 @@ class FrozenPretrained:
                 '(or set model.backbone.verify_pretrained=False to load it anyway)')
 
     def _leave_out(self, module, state_dict, prefix, local_metadata):
-        """Keep frozen pretrained weights out of checkpoints: the pretrained file has them.
-
-        Without a pretrained file (random init) they are the only copy and stay in.
-        """
+        """Leave the frozen weights out of state dicts (kept without a file)."""
         if self.leaves_out:
             for key in self.keys:
                 state_dict.pop(prefix + key, None)
@@ -161,11 +148,9 @@ class FrozenPretrained:
 
     def _check_shapes(self, module, state_dict, prefix, local_metadata, strict,
                       missing_keys, unexpected_keys, error_msgs):
-        """Before loading: refuse tensors of other shapes (where ``strict=False`` would
-        only warn); remember the prefix for :meth:`_filter_missing`, when the state dict
-        has anything of this model."""
-        # The record of checkpoints from before records moved to ``meta``: a SHA-256 of
-        # the tensors, which fingerprints of files cannot be compared with.
+        """Before loading: refuse tensors of other shapes (``strict=False`` would only
+        warn); note the prefix for :meth:`_filter_missing`."""
+        # The old in-state record (a SHA-256 of the tensors), not comparable with files'.
         state_dict.pop(prefix + '_extra_state', None)
         own = dict(chain(module.named_parameters(), module.named_buffers()))
         for name, value in own.items():
@@ -176,8 +161,8 @@ class FrozenPretrained:
         self._prefix = prefix if any(k.startswith(prefix) for k in state_dict) else None
 
     def _filter_missing(self, module, incompatible_keys) -> None:
-        """After loading: the frozen weights a checkpoint left out are not missing (they
-        came from the file); without a file they would stay random, which is refused."""
+        """After loading: the frozen weights a checkpoint left out are not missing; without
+        a file they would stay random, which is refused."""
         prefix, self._prefix = self._prefix, None
         if prefix is None:
             return
@@ -203,15 +188,15 @@ def _components(model: nn.Module) -> Dict[str, FrozenPretrained]:
 
 
 def pretrained_records(model: nn.Module) -> Dict[str, Dict[str, Optional[str]]]:
-    """What a checkpoint of ``model`` records in ``meta[RECORD_KEY]``: by module name,
-    the pretrained weights of every backbone whose frozen weights it leaves out."""
+    """``meta[RECORD_KEY]`` of a checkpoint of ``model``: by module name, the record of
+    every backbone whose frozen weights it leaves out."""
     return {name: component.record() for name, component in _components(model).items()
             if component.leaves_out}
 
 
 def check_pretrained_records(model: nn.Module, checkpoint: Mapping) -> None:
     """Refuse a checkpoint whose adapters were trained on other pretrained weights than
-    ``model``'s backbones loaded (see :meth:`FrozenPretrained.check_record`).
+    ``model``'s backbones loaded.
 
     Args:
         model (nn.Module): The model the checkpoint is about to be loaded into.
@@ -226,8 +211,8 @@ def check_pretrained_records(model: nn.Module, checkpoint: Mapping) -> None:
 
 
 def names_of_pretrained_weights(model: nn.Module) -> Sequence[str]:
-    """The full names of the parameters and buffers of ``model`` that come from
-    pretrained files (the same on every rank: no need to broadcast them)."""
+    """Names of ``model``'s parameters and buffers from pretrained files (the same on
+    every rank)."""
     return sorted(f'{name}.{key}' if name else key
                   for name, component in _components(model).items() if component.leaves_out
                   for key in component.keys)

@@ -8,13 +8,9 @@ from mmseg.registry import MODELS
 
 
 class Float32MultiScaleDeformableAttention(MultiScaleDeformableAttention):
-    """mmcv's ``MultiScaleDeformableAttention`` that, under autocast, computes in the dtype
-    of its weights (float32) with autocast off.
-
-    mmcv's CUDA kernels of the op have float32, float64 and float16 only; a bfloat16
-    autocast would hand them bfloat16 values (``not implemented for 'BFloat16'``).
-    Without autocast it is mmcv's module unchanged.
-    """
+    """mmcv's ``MultiScaleDeformableAttention`` computing under autocast in its weights'
+    dtype (float32): mmcv's CUDA kernels have no bfloat16 (``not implemented for
+    'BFloat16'``)."""
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         weight = self.value_proj.weight
@@ -32,15 +28,12 @@ class Float32MultiScaleDeformableAttention(MultiScaleDeformableAttention):
 
 @MODELS.register_module()
 class Float32DeformAttnMask2FormerHead(Mask2FormerHead):
-    """MMSeg's ``Mask2FormerHead`` whose pixel decoder computes its deformable attention
-    in float32 under autocast (:class:`Float32MultiScaleDeformableAttention`), so that
-    ``--amp`` (bfloat16) trains and tests on a GPU; the rest of the head autocasts as
-    before. Same arguments, parameters and checkpoint keys as ``Mask2FormerHead``.
+    """MMSeg's ``Mask2FormerHead`` whose pixel decoder's deformable attention computes in
+    float32 under autocast, so that ``--amp`` (bfloat16) runs on a GPU. Same parameters
+    and checkpoint keys.
 
     Args:
-        **kwargs: Those of MMSeg's ``Mask2FormerHead`` (mmdet's pixel decoder is built
-            from ``pixel_decoder``; its encoder layers' ``self_attn_cfg`` builds the
-            float32 attention in place of mmcv's).
+        **kwargs: Those of MMSeg's ``Mask2FormerHead``.
     """
 
     def __init__(self, **kwargs):

@@ -11,10 +11,8 @@ from torch import nn
 
 def interpolation_matrix(size_in: int, size_out: int, align_corners: bool,
                          device: torch.device) -> torch.Tensor:
-    """``(size_out, size_in)`` matrix of PyTorch's 1-D linear interpolation.
-
-    Made by interpolating the identity, so its weights are exactly those of
-    ``F.interpolate(..., mode='linear' or 'bilinear')``.
+    """``(size_out, size_in)`` matrix of ``F.interpolate``'s 1-D linear interpolation
+    (the identity, interpolated).
 
     Args:
         size_in (int): Input length.
@@ -30,12 +28,8 @@ def interpolation_matrix(size_in: int, size_out: int, align_corners: bool,
 def bilinear_resize(x: torch.Tensor, size: Sequence[int], align_corners: bool) -> torch.Tensor:
     """``F.interpolate(x, size, mode='bilinear')`` as two matrix products, in float32.
 
-    Bilinear interpolation is separable, ``M_h @ x @ M_w^T``. As matrix products its
-    backward pass is too, and on CPU several times cheaper than
-    ``upsample_bilinear2d_backward``, which scatters one output pixel at a time
-    (measured in docs/performance.md). The values equal ``F.interpolate``'s within one
-    rounding of each of the two sums. Under autocast the result stays float32, the
-    precision the loss computes in anyway.
+    ``M_h @ x @ M_w^T``, whose backward pass is several times cheaper on CPU than
+    ``upsample_bilinear2d_backward`` (docs/performance.md); equal within float rounding.
 
     Args:
         x (torch.Tensor): ``(N, C, h, w)`` input.
@@ -53,10 +47,9 @@ def top1_accuracy(logits: torch.Tensor, labels: torch.Tensor,
                   ignore_index: int) -> torch.Tensor:
     """Percentage of labelled pixels whose label has the largest logit.
 
-    The value of ``mmseg.models.losses.accuracy(logits, labels, ignore_index=...)``
-    (same epsilon, shape ``(1,)``), from a max over classes instead of a top-k, which
-    on CPU costs many times more (measured in docs/performance.md). Pixels where several
-    classes tie for the largest logit count as correct when the label is one of them.
+    MMSeg's ``accuracy(logits, labels, ignore_index=...)`` from a max over classes
+    instead of a costlier top-k (docs/performance.md); a tie for the largest logit
+    counts as correct when the label is one of the tied classes.
 
     Args:
         logits (torch.Tensor): ``(N, C, H, W)`` scores.
@@ -71,10 +64,8 @@ def top1_accuracy(logits: torch.Tensor, labels: torch.Tensor,
 
 def binary_accuracy(logits: torch.Tensor, labels: torch.Tensor, threshold: float,
                     ignore_index: int) -> torch.Tensor:
-    """Percentage of labelled pixels whose label is the thresholded prediction.
-
-    The prediction of MMSeg's binary mode (one output channel): ``sigmoid(logit) >
-    threshold`` is class 1, as ``EncoderDecoder.postprocess_result`` decides it.
+    """Percentage of labelled pixels whose label is ``sigmoid(logit) > threshold``, the
+    prediction of MMSeg's binary mode (one output channel).
 
     Args:
         logits (torch.Tensor): ``(N, 1, H, W)`` scores.
@@ -98,13 +89,10 @@ def _percentage(correct: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
 class LinearHead(BaseDecodeHead):
     """A 1x1 convolution over backbone features: DINOv2's linear segmentation head.
 
-    With several inputs (``in_index`` a list and ``input_transform='resize_concat'``,
-    as in DINOv2's multi-layer "+ms" head over the last four blocks) the inputs are
-    resized to the first one's size and concatenated. An optional normalisation layer
-    (``norm_cfg``, e.g. BatchNorm as in DINOv2's linear evaluation) comes before the
-    convolution. Everything else (dropout, loss, resizing of the logits, MMSeg's binary
-    mode with ``out_channels=1``) is MMSeg's :class:`BaseDecodeHead`; its training loss
-    only computes two steps faster (:meth:`loss_by_feat`).
+    Several inputs (``input_transform='resize_concat'``, as DINOv2's "+ms" head) are
+    resized and concatenated; ``norm_cfg`` (e.g. BatchNorm, as DINOv2's linear
+    evaluation) adds a norm before the convolution. The rest is :class:`BaseDecodeHead`,
+    with a faster training loss (:meth:`loss_by_feat`).
 
     Args:
         in_channels (int | Sequence[int]): Width of each input.
@@ -132,11 +120,8 @@ class LinearHead(BaseDecodeHead):
 
     def loss_by_feat(self, seg_logits: torch.Tensor,
                      batch_data_samples: SampleList) -> dict:
-        """:meth:`BaseDecodeHead.loss_by_feat`, with the logits upsampled by
-        :func:`bilinear_resize` and ``acc_seg`` from :func:`top1_accuracy`: the same
-        values within float rounding, at a fraction of the cost on CPU (docs/performance.md). In
-        binary mode (``out_channels=1``) ``acc_seg`` is :func:`binary_accuracy`, the
-        accuracy of the thresholded prediction.
+        """:meth:`BaseDecodeHead.loss_by_feat` with :func:`bilinear_resize` and
+        :func:`top1_accuracy` (:func:`binary_accuracy` with ``out_channels=1``).
 
         Args:
             seg_logits (torch.Tensor): Output of :meth:`forward`.

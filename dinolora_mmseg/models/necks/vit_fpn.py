@@ -13,16 +13,11 @@ from torch import nn
 class ViTFPN(BaseModule):
     """A feature pyramid at true strides 4, 8, 16, 32 from plain ViT features.
 
-    Each pyramid level is made from one ViT output at the patch stride (14 for DINOv2):
-    upsampled by transposed convolutions (x2 each, halving the width, with norm and
-    activation between them) or max-pooled, to the power of two nearest its scale, and
-    then resized to exactly ``ceil(patch_size * grid / stride)`` so that every level
-    covers the whole input image. MMSeg's :class:`FPN` then fuses the levels top-down.
-    Outputs feed ``FPNHead``, ``UPerHead``, ``Mask2FormerHead`` or :class:`LinearHead`.
-
-    With ``prior_channels``, the backbone's outputs end with one spatial-prior map per
-    level (``DINOv2(spatial_prior=...)``); each is added to its level through a 1x1
-    convolution that starts at zero, so training starts from the plain pyramid.
+    Each level is one ViT output upsampled by transposed convolutions (x2 each, halving
+    the width) or max-pooled, then resized to exactly ``ceil(patch_size * grid /
+    stride)``; MMSeg's :class:`FPN` fuses the levels. With ``prior_channels``, each
+    spatial-prior map the backbone appends is added to its level through a 1x1
+    convolution that starts at zero.
 
     Args:
         in_channels (int): Width of the ViT outputs.
@@ -90,9 +85,8 @@ class ViTFPN(BaseModule):
         levels: List[torch.Tensor] = []
         for i, (stride, rescale) in enumerate(zip(self.strides, self.rescales)):
             x = rescale(inputs[i if self.num_inputs > 1 else 0])
-            # Ceiling division of positive numbers, and a resize even to the same size
-            # (an exact copy then): an ONNX export with symbolic sizes (whose integer
-            # division truncates, and which keeps one side of a branch on sizes) stays exact.
+            # Ceiling division of positives, and a resize even to the same size: exact
+            # in an ONNX export with symbolic sizes (truncating division, no branches).
             size = ((height + stride - 1) // stride, (width + stride - 1) // stride)
             x = F.interpolate(x, size=size, mode='bilinear', align_corners=False)
             if priors:

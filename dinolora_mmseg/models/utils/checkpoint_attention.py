@@ -6,9 +6,7 @@ import torch
 from torch.utils.checkpoint import (CheckpointPolicy, checkpoint,
                                     create_selective_checkpoint_contexts)
 
-# Attention kernels whose outputs activation checkpointing keeps: attention is the
-# costliest part of a block to recompute (most of it at high resolution) and its
-# output is one token-width tensor, a small part of what a block holds for backward.
+# Kept attention kernels: the costliest part of a block to recompute, a small output.
 ATTENTION_OPS = frozenset(
     getattr(torch.ops.aten, name).default for name in (
         '_scaled_dot_product_flash_attention_for_cpu', '_scaled_dot_product_flash_attention',
@@ -17,14 +15,12 @@ ATTENTION_OPS = frozenset(
 
 
 def _keep_attention(ctx, op, *args, **kwargs) -> CheckpointPolicy:
-    """Selective checkpointing policy: save attention outputs, recompute the rest."""
     return (CheckpointPolicy.MUST_SAVE if op in ATTENTION_OPS
             else CheckpointPolicy.PREFER_RECOMPUTE)
 
 
 def checkpoint_keeping_attention(function: Callable, *args):
-    """``function(*args)`` under activation checkpointing: for the backward pass it keeps
-    its inputs and the outputs of attention kernels, and recomputes everything else.
+    """``function(*args)`` under activation checkpointing keeping attention outputs.
 
     Args:
         function (Callable): A block or any function of tensors.

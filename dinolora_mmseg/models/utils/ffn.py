@@ -1,16 +1,12 @@
-"""Feed-forward networks of the DINO vision transformers.
-
-``first_layers`` and ``last_layer`` name the linear layers LoRA's ``'fc1'`` and ``'fc2'``
-targets adapt.
-"""
+"""Feed-forward networks of the DINO ViTs; ``first_layers`` and ``last_layer`` name the
+layers LoRA's ``'fc1'`` and ``'fc2'`` targets adapt."""
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
 def swiglu_hidden_dims(hidden_dims: int, align: int = 8) -> int:
-    """Hidden width of the official SwiGLU layers: two thirds of the nominal width,
-    rounded up to a multiple of ``align`` (ViT-g/14: 4096, ViT-7B/16: 8192).
+    """Two thirds of the nominal width rounded up to ``align``, as the official SwiGLUs.
 
     Args:
         hidden_dims (int): Nominal hidden width (``embed_dims * mlp_ratio``).

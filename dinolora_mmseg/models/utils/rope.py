@@ -1,10 +1,5 @@
-"""Rotary position embedding (RoPE) of DINOv3: axial, without learned weights.
-
-Each head's channels are split in two halves rotated against each other ("rotate
-half"); the first quarter of the frequencies encodes the row of a patch, the second
-its column. Patch centres are normalised to [-1, 1] before the rotation angles
-``2 * pi * coord / period`` are taken.
-"""
+"""DINOv3's axial rotary position embedding (RoPE): "rotate half", angles
+``2 * pi * coord / period`` of patch centres in [-1, 1], rows then columns."""
 import math
 from typing import Optional, Tuple
 
@@ -15,10 +10,8 @@ Rope = Tuple[torch.Tensor, torch.Tensor]  # (sin, cos), each (h * w, head_dims)
 
 
 def apply_rope(x: torch.Tensor, rope: Rope) -> torch.Tensor:
-    """Rotate the last ``h * w`` tokens of ``x`` (the patches) by their positions.
-
-    The rotation runs in the dtype of ``rope`` (float32), the result has ``x``'s dtype;
-    the tokens before the patches (class and register tokens) stay as they are.
+    """Rotate the last ``h * w`` tokens of ``x`` (the patches) in float32; the prefix
+    tokens stay as they are.
 
     Args:
         x (torch.Tensor): Queries or keys, ``(B, heads, N, head_dims)``.
@@ -35,9 +28,8 @@ def apply_rope(x: torch.Tensor, rope: Rope) -> torch.Tensor:
 class RopePositionEmbedding(nn.Module):
     """sin/cos of the rotation angles for an ``h`` x ``w`` patch grid, in float32.
 
-    The periods are a persistent buffer (``rope_embed.periods``), as in the official
-    checkpoints, which hold them rounded to bfloat16: loading a checkpoint uses its
-    periods, exactly as the official model does.
+    The periods are a persistent buffer, as in the official checkpoints (which hold them
+    rounded to bfloat16), so a loaded model uses the file's periods.
 
     Args:
         embed_dims (int): Token width; ``4 * num_heads`` must divide it.
@@ -126,9 +118,8 @@ class RopePositionEmbedding(nn.Module):
         return torch.sin(angles), torch.cos(angles)
 
     def forward(self, h: int, w: int) -> Rope:
-        """The tables of the last grid are kept and reused while the grid and the periods
-        stay the same (as a model built for one input size holds them); not while the
-        coordinates are augmented, nor under ``torch.compile``/``torch.export``."""
+        """The last grid's tables are reused while grid and periods stay the same (not
+        while augmenting, nor under ``torch.compile``/``torch.export``)."""
         if self._augmenting() or torch.compiler.is_compiling() or torch.jit.is_tracing():
             return self._tables(h, w)
         periods = self.periods

@@ -9,13 +9,10 @@ from torch import nn
 class SpatialPrior(BaseModule):
     """A small convolutional stem that sees the image at strides 4, 8, 16 and 32.
 
-    A plain ViT sees the image only through its 14- or 16-pixel patches; this stem adds
-    the local detail of a few convolutions at the strides of a pixel decoder's pyramid,
-    as ViT-Adapter's spatial prior module does: three 3x3 convolutions (the first with
-    stride 2) and a max-pool to stride 4, then a stride-2 3x3 convolution per further
-    level. Every convolution is followed by normalisation and an activation. The maps
-    have ``channels``, ``2 * channels``, ``4 * channels`` and ``4 * channels`` channels
-    (:attr:`out_channels`) and ``ceil(H / stride)`` x ``ceil(W / stride)`` pixels.
+    ViT-Adapter's spatial prior module: local detail for a pixel decoder's pyramid from
+    three 3x3 convolutions and a max-pool to stride 4, then a stride-2 convolution per
+    level. The maps have :attr:`out_channels` ``(c, 2c, 4c, 4c)`` channels and
+    ``ceil(H / stride)`` x ``ceil(W / stride)`` pixels.
 
     Args:
         in_channels (int): Image channels.
