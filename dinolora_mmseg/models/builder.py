@@ -28,8 +28,7 @@ def build_model(cfg: Config, checkpoint: Optional[str] = None,
             ``trusted_checkpoints`` can): unpickle it in full, not weights-only.
 
     Raises:
-        RuntimeError: The checkpoint's keys do not match the model's (the message lists
-            them), or the file is damaged.
+        RuntimeError: The keys do not match (listed), or the file is damaged.
     """
     init_default_scope(registry_scope(cfg))
     model = MODELS.build(cfg.model)

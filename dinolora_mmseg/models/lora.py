@@ -24,8 +24,7 @@ class LoRALinear(nn.Linear):
     Args:
         in_features (int): Input width.
         out_features (int): Output width.
-        parts (Mapping[str, tuple[int, int]]): Adapter name -> ``(start, end)`` of
-            the output rows it adds to.
+        parts (Mapping[str, tuple[int, int]]): Adapter name -> its output rows.
         rank (int): Rank ``r`` of each adapter.
         alpha (float): Scale numerator; the update is multiplied by ``alpha / rank``.
         dropout (float): Dropout probability on the adapter's input.
@@ -57,8 +56,7 @@ class LoRALinear(nn.Linear):
         self.rank = rank
         self.scaling = alpha / rank
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.lora_A = nn.ParameterDict()
-        self.lora_B = nn.ParameterDict()
+        self.lora_A, self.lora_B = nn.ParameterDict(), nn.ParameterDict()
         factory = dict(dtype=self.weight.dtype)
         for name, (start, end) in self.parts.items():
             a = torch.empty(rank, in_features, **factory)
@@ -72,8 +70,7 @@ class LoRALinear(nn.Linear):
         """Wrap an existing layer, sharing its weight and bias parameters."""
         layer = cls(linear.in_features, linear.out_features, parts,
                     bias=linear.bias is not None, device='meta', **lora_kwargs)
-        layer.weight = linear.weight
-        layer.bias = linear.bias
+        layer.weight, layer.bias = linear.weight, linear.bias
         layer.lora_A.to(linear.weight.device)
         layer.lora_B.to(linear.weight.device)
         return layer
@@ -91,14 +88,7 @@ class LoRALinear(nn.Linear):
     @torch.no_grad()
     def add_update_to(self, weight: torch.Tensor) -> torch.Tensor:
         """``weight[start:end] += (alpha / r) * B_part @ A_part`` in place for each part, in
-        ``weight``'s dtype; rows no part adapts are left as they are.
-
-        Args:
-            weight (torch.Tensor): ``(out_features, in_features)``, changed in place.
-
-        Returns:
-            torch.Tensor: ``weight``.
-        """
+        ``weight``'s dtype (other rows unchanged); returns ``weight``."""
         for name, (start, end) in self.parts.items():
             weight[start:end].addmm_(self.lora_B[name].to(weight.dtype),
                                      self.lora_A[name].to(weight.dtype), alpha=self.scaling)
@@ -152,8 +142,7 @@ def add_lora(model: nn.Module, parts_by_module: Mapping[str, Mapping[str, RowRan
 
     Args:
         model (nn.Module): The model to adapt in place.
-        parts_by_module (Mapping): Dotted module name -> the ``parts`` argument of
-            :class:`LoRALinear` for it.
+        parts_by_module (Mapping): Dotted module name -> its :class:`LoRALinear` parts.
         **lora_kwargs: ``rank``, ``alpha`` and ``dropout``.
     """
     modules = dict(model.named_modules())
@@ -162,9 +151,7 @@ def add_lora(model: nn.Module, parts_by_module: Mapping[str, Mapping[str, RowRan
         if not isinstance(linear, nn.Linear) or isinstance(linear, LoRALinear):
             raise ValueError(f'LoRA target {name!r} is not a plain nn.Linear '
                              f'of {type(model).__name__} (found {type(linear).__name__})')
-        parent_name, _, child = name.rpartition('.')
-        parent = modules[parent_name] if parent_name else model
-        setattr(parent, child, LoRALinear.from_linear(linear, parts, **lora_kwargs))
+        model.set_submodule(name, LoRALinear.from_linear(linear, parts, **lora_kwargs))
 
 
 def lora_layers(model: nn.Module) -> Iterator[LoRALinear]:
@@ -191,10 +178,6 @@ def fold_lora(model: nn.Module, inplace: bool = False) -> nn.Module:
         model (nn.Module): A model with :class:`LoRALinear` layers (or one of them).
         inplace (bool): Fold into ``model`` itself. Otherwise ``model`` is unchanged and
             a copy is folded that shares every other tensor's storage with it.
-
-    Returns:
-        nn.Module: The folded model (``model`` itself if ``inplace`` and it is not a
-        :class:`LoRALinear`).
     """
     if not inplace:
         adapted = {id(layer.weight) for layer in lora_layers(model)}

@@ -26,19 +26,15 @@ class DINOViTBase(BaseModule):
     ``_to_official``); the pretrained weights are :attr:`frozen_weights`.
 
     Args:
-        arch (str | dict): A name of the subclass's ``arch_zoo`` or a dict with
-            ``embed_dims``, ``num_layers``, ``num_heads`` and optionally ``ffn_type``
-            (``'mlp'``/``'swiglu'``) and ``mlp_ratio``.
+        arch (str | dict): A name of ``arch_zoo`` or a dict with ``embed_dims``,
+            ``num_layers``, ``num_heads`` and optionally ``ffn_type`` and ``mlp_ratio``.
         patch_size (int): Patch side in pixels.
         in_channels (int): Image channels.
-        out_indices (int | Sequence[int]): Blocks whose outputs are returned;
-            negative indices count from the end.
+        out_indices (int | Sequence[int]): Blocks whose outputs are returned.
         final_norm (bool): Apply the final LayerNorm to every output.
-        drop_path_rate (float): Stochastic depth, rising linearly to this rate
-            (inactive while frozen).
+        drop_path_rate (float): Stochastic depth, rising linearly to this rate.
         pretrained (str, optional): Local ``.pth``/``.pt``/``.safetensors`` file or
-            ``http(s)`` URL in the official layout, loaded into a model built on the meta
-            device. None leaves random weights (with a warning).
+            ``http(s)`` URL in the official layout; None leaves random weights.
         verify_pretrained (bool): Refuse checkpoints whose adapters were trained on
             other pretrained weights (as their ``meta`` records them).
         frozen (bool): Pretrained weights do not train and stay in eval mode.
@@ -263,10 +259,7 @@ class DINOViTBase(BaseModule):
             checkpointed = self.with_cp and self.training and torch.is_grad_enabled()
             # Blocks after the last output are not run.
             for index, block in enumerate(self.blocks[:max(self.out_indices) + 1]):
-                if checkpointed:
-                    x = checkpoint_keeping_attention(block, x, rope)
-                else:
-                    x = block(x, rope)
+                x = checkpoint_keeping_attention(block, x, rope) if checkpointed else block(x, rope)
                 if index in self.out_indices:
                     out = self.norm(x) if self.final_norm else x
                     out = out[:, self.num_prefix_tokens:].transpose(1, 2).reshape(B, -1, h, w)

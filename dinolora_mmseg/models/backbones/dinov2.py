@@ -25,10 +25,8 @@ class DINOv2(DINOViTBase):
     Args:
         arch (str | dict): ``'small'``, ``'base'``, ``'large'``, ``'giant'`` or a dict,
             see :class:`DINOViTBase`.
-        num_register_tokens (int): Register tokens after the class token (4 for the
-            ``_reg4`` releases).
-        img_size (int): Side of the square image the position embedding was trained
-            for (518 -> a 37x37 grid).
+        num_register_tokens (int): Register tokens (4 for the ``_reg4`` releases).
+        img_size (int): Image side the position grid was trained for (518: 37x37).
         patch_size (int): Patch side in pixels.
         interpolate_antialias (bool, optional): Antialiased bicubic resizing of the
             position embedding. Default: as the official variant (True with registers).

@@ -22,11 +22,11 @@ OFFICIAL_FILES = {
 }
 
 
-def _zero_key_rows(embed_dims: int, grad: torch.Tensor) -> torch.Tensor:
-    """Gradient of a qkv bias with the key third zeroed: that third stays 0."""
-    grad = grad.clone()
-    grad[embed_dims:2 * embed_dims] = 0
-    return grad
+def _zero_key_rows(embed_dims: int, bias: torch.Tensor) -> torch.Tensor:
+    """A qkv bias (or its gradient) with the key third zeroed."""
+    bias = bias.clone()
+    bias[embed_dims:2 * embed_dims] = 0
+    return bias
 
 
 @MODELS.register_module()
@@ -135,8 +135,7 @@ class DINOv3(DINOViTBase):
             if mask is not None:
                 state[bias_key] = state[bias_key] * mask.to(state[bias_key].dtype)
             elif self.mask_k_bias:
-                state[bias_key] = state[bias_key].clone()
-                state[bias_key][C:2 * C] = 0
+                state[bias_key] = _zero_key_rows(C, state[bias_key])
         state.setdefault('rope_embed.periods', self.rope_embed.default_periods())
         return state
 

@@ -23,13 +23,10 @@ class FrozenPretrained:
 
     Args:
         family (str): The backbone's name in messages.
-        path (str, optional): Local ``.pth``/``.pt``/``.safetensors`` file or
-            ``http(s)`` URL in the official key layout; None: random weights.
+        path (str, optional): File or URL in the official key layout; None: random.
         frozen (bool): Freeze the loaded weights (and leave them out of checkpoints).
-        dtype (torch.dtype, optional): Keep the frozen parameters in this dtype (the
-            buffers stay float32); None keeps the file's.
-        verify (bool): Refuse checkpoints whose adapters were trained on other
-            pretrained weights.
+        dtype (torch.dtype, optional): Of the frozen parameters; None keeps the file's.
+        verify (bool): Refuse adapters trained on other pretrained weights.
     """
 
     def __init__(self, family: str, path: Optional[str], frozen: bool = True,
@@ -63,23 +60,21 @@ class FrozenPretrained:
 
         Raises:
             FileNotFoundError: The file is missing or cannot be downloaded.
-            ValueError: A key is missing, unexpected or of another shape; the message
-                names the key and both shapes.
+            ValueError: Keys missing, unexpected or of other shapes (named).
         """
         local = cached_download(self.path) if is_url(self.path) else self.path
         cast = self.dtype is not None
         state = from_official(load_weights(local, mmap=True))
         params = dict(model.named_parameters())
         own = dict(chain(params.items(), model.named_buffers()))
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        wrong = [f'{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}'
-                 for k in own if k in state and state[k].shape != own[k].shape]
-        if missing or unexpected or wrong:
-            lines = ([f'missing keys: {missing}'] if missing else []) + (
-                [f'unexpected keys: {unexpected}'] if unexpected else []) + wrong
+        problems = [f'{what} keys: {keys}' for what, keys in (
+            ('missing', sorted(set(own) - set(state))),
+            ('unexpected', sorted(set(state) - set(own)))) if keys]
+        problems += [f'{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}'
+                     for k in own if k in state and state[k].shape != own[k].shape]
+        if problems:
             raise ValueError(f'{self.path} does not fit {self.family}({describe}):\n  '
-                             + '\n  '.join(lines))
+                             + '\n  '.join(problems))
         self.fingerprint = file_fingerprint(local)
         for key in list(state):  # one tensor at a time, the file's copy freed as it goes
             dtype = self.dtype if cast and key in params else torch.float32
@@ -122,12 +117,8 @@ class FrozenPretrained:
         return dict(pretrained=self.path, fingerprint=self.fingerprint)
 
     def check_record(self, record: Mapping[str, Optional[str]]) -> None:
-        """Raise if a checkpoint's adapters were trained on other pretrained weights
-        (``record``, from :meth:`record`; an empty one, from before records, passes).
-
-        Raises:
-            ValueError: The fingerprints differ; the message names both files.
-        """
+        """Raise a ValueError naming both files if a checkpoint's adapters were trained on
+        other pretrained weights (``record``; an empty one, from before records, passes)."""
         if not (self.leaves_out and self.verify and record.get('fingerprint')):
             return
         if record['fingerprint'] != self.fingerprint:
@@ -168,9 +159,7 @@ class FrozenPretrained:
             return
         left_out = [key for key in incompatible_keys.missing_keys
                     if key.startswith(prefix) and key[len(prefix):] in self.keys]
-        if not left_out:
-            return
-        if not self.path:
+        if left_out and not self.path:
             raise ValueError(
                 f'the checkpoint leaves out {len(left_out)} frozen {self.family} weights '
                 f'(e.g. {left_out[0]}): they come from the pretrained file it was trained '
@@ -201,9 +190,6 @@ def check_pretrained_records(model: nn.Module, checkpoint: Mapping) -> None:
     Args:
         model (nn.Module): The model the checkpoint is about to be loaded into.
         checkpoint (Mapping): The checkpoint (``meta`` and ``state_dict``).
-
-    Raises:
-        ValueError: Other weights; the message names both files.
     """
     records = (checkpoint.get('meta') or {}).get(RECORD_KEY) or {}
     for name, component in _components(model).items():

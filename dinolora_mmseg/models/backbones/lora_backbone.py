@@ -12,20 +12,16 @@ from ..lora import add_lora, train_adapters_only
 class LoRABackbone(BaseModule):
     """Any backbone of the registries, frozen, with LoRA adapters on its linear layers.
 
-    The same adapters as :class:`DINOv2` uses, put on the ``nn.Linear`` layers of
-    another backbone chosen by name, e.g. MMSeg's ``VisionTransformer``
-    (``'ffn.layers.0.0'``, ``'ffn.layers.1'``) or mmpretrain's through its
-    registry scope (``type='mmpretrain.VisionTransformer'``, ``'attn.qkv'``).
-    Its pretrained weights load as usual through the wrapped backbone's
-    ``init_cfg``; their key names are unchanged by the adapters.
+    E.g. MMSeg's ``VisionTransformer`` (targets ``'ffn.layers.0.0'``, ``'ffn.layers.1'``)
+    or ``type='mmpretrain.VisionTransformer'`` (``'attn.qkv'``); pretrained weights load
+    through the wrapped backbone's ``init_cfg``, under unchanged key names.
 
     Args:
         backbone (dict): Config of the wrapped backbone.
         lora (dict): ``rank``, ``alpha``, ``dropout`` and ``targets``: each target is
             a module name suffix (``'attn.qkv'`` matches ``'layers.3.attn.qkv'``) or a
             regular expression that matches whole module names.
-        frozen (bool): Keep the wrapped backbone's own weights from training, and its
-            normalisation and dropout layers in eval mode.
+        frozen (bool): The wrapped backbone's weights do not train and stay in eval mode.
         init_cfg (dict, optional): MMEngine initialisation config.
     """
 

@@ -64,15 +64,8 @@ def top1_accuracy(logits: torch.Tensor, labels: torch.Tensor,
 
 def binary_accuracy(logits: torch.Tensor, labels: torch.Tensor, threshold: float,
                     ignore_index: int) -> torch.Tensor:
-    """Percentage of labelled pixels whose label is ``sigmoid(logit) > threshold``, the
-    prediction of MMSeg's binary mode (one output channel).
-
-    Args:
-        logits (torch.Tensor): ``(N, 1, H, W)`` scores.
-        labels (torch.Tensor): ``(N, H, W)`` labels 0 and 1.
-        threshold (float): Probability above which a pixel is class 1.
-        ignore_index (int): Label of pixels left out of the count.
-    """
+    """:func:`top1_accuracy` of MMSeg's binary mode: ``(N, 1, H, W)`` logits, labels 0
+    and 1, class 1 where ``sigmoid(logit) > threshold``."""
     labelled = labels != ignore_index
     predicted = logits.squeeze(1).sigmoid() > threshold
     return _percentage((predicted == labels.bool()) & labelled, labelled)
@@ -96,10 +89,8 @@ class LinearHead(BaseDecodeHead):
 
     Args:
         in_channels (int | Sequence[int]): Width of each input.
-        channels (int, optional): The total input width, which a linear head works at
-            (it has no hidden layer); any other value is refused. Default: that width.
-        **kwargs: The other :class:`BaseDecodeHead` arguments. ``dropout_ratio``
-            defaults to 0.
+        channels (int, optional): Must be the total input width (no hidden layer).
+        **kwargs: :class:`BaseDecodeHead`'s; ``dropout_ratio`` defaults to 0.
     """
 
     def __init__(self, in_channels: Union[int, Sequence[int]],
@@ -121,12 +112,7 @@ class LinearHead(BaseDecodeHead):
     def loss_by_feat(self, seg_logits: torch.Tensor,
                      batch_data_samples: SampleList) -> dict:
         """:meth:`BaseDecodeHead.loss_by_feat` with :func:`bilinear_resize` and
-        :func:`top1_accuracy` (:func:`binary_accuracy` with ``out_channels=1``).
-
-        Args:
-            seg_logits (torch.Tensor): Output of :meth:`forward`.
-            batch_data_samples (list[:obj:`SegDataSample`]): Samples with ``gt_sem_seg``.
-        """
+        :func:`top1_accuracy` (:func:`binary_accuracy` with ``out_channels=1``)."""
         seg_label = self._stack_batch_gt(batch_data_samples)
         seg_logits = bilinear_resize(seg_logits, seg_label.shape[2:], self.align_corners)
         seg_weight = None if self.sampler is None else self.sampler.sample(seg_logits, seg_label)

@@ -4,7 +4,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from mmcv.cnn import build_activation_layer, build_norm_layer
-from mmengine.model import BaseModule
+from mmengine.model import BaseModule, constant_init
 from mmseg.registry import MODELS
 from torch import nn
 
@@ -25,9 +25,8 @@ class ViTFPN(BaseModule):
         num_inputs (int): 1 (every level from the same output) or one output per level.
         patch_size (int): Stride of the ViT outputs in pixels.
         strides (Sequence[int]): Strides of the pyramid levels in pixels.
-        prior_channels (Sequence[int]): Widths of the spatial-prior maps that follow the
-            ViT outputs, one per level (``SpatialPrior.out_channels``: ``(c, 2c, 4c,
-            4c)`` for ``spatial_prior=dict(channels=c)``); empty for none.
+        prior_channels (Sequence[int]): Widths of the spatial-prior maps after the ViT
+            outputs (``SpatialPrior.out_channels``); empty for none.
         norm_cfg (dict): Normalisation between transposed convolutions and in the FPN.
         act_cfg (dict): Activation between transposed convolutions.
         init_cfg (dict, optional): MMEngine initialisation config.
@@ -72,8 +71,7 @@ class ViTFPN(BaseModule):
         self.prior_projections = nn.ModuleList(
             nn.Conv2d(prior, level, 1) for prior, level in zip(prior_channels, level_channels))
         for projection in self.prior_projections:
-            nn.init.zeros_(projection.weight)
-            nn.init.zeros_(projection.bias)
+            constant_init(projection, 0)
         self.fpn = MODELS.build(
             dict(type='FPN', in_channels=level_channels, out_channels=out_channels,
                  num_outs=len(self.strides), norm_cfg=norm_cfg))

@@ -20,11 +20,7 @@ def _keep_attention(ctx, op, *args, **kwargs) -> CheckpointPolicy:
 
 
 def checkpoint_keeping_attention(function: Callable, *args):
-    """``function(*args)`` under activation checkpointing keeping attention outputs.
-
-    Args:
-        function (Callable): A block or any function of tensors.
-        *args: Its arguments.
-    """
+    """``function(*args)`` (a block, say) under activation checkpointing that keeps
+    its inputs and attention outputs and recomputes the rest."""
     return checkpoint(function, *args, use_reentrant=False,
                       context_fn=partial(create_selective_checkpoint_contexts, _keep_attention))

@@ -6,12 +6,8 @@ from torch import nn
 
 
 def swiglu_hidden_dims(hidden_dims: int, align: int = 8) -> int:
-    """Two thirds of the nominal width rounded up to ``align``, as the official SwiGLUs.
-
-    Args:
-        hidden_dims (int): Nominal hidden width (``embed_dims * mlp_ratio``).
-        align (int): The multiple to round to.
-    """
+    """Two thirds of ``hidden_dims`` (``embed_dims * mlp_ratio``) rounded up to a
+    multiple of ``align``, as the official SwiGLUs."""
     hidden = int(hidden_dims * 2 / 3)
     return hidden + (-hidden % align)
 

@@ -34,18 +34,17 @@ class RopePositionEmbedding(nn.Module):
     Args:
         embed_dims (int): Token width; ``4 * num_heads`` must divide it.
         num_heads (int): Attention heads.
-        base (float, optional): Periods ``base ** (4 i / head_dims)``; leave None to use
-            ``min_period`` and ``max_period`` instead.
-        min_period (float, optional): Shortest period (with ``max_period``).
-        max_period (float, optional): Longest period, geometric spacing in between.
+        base (float, optional): Periods ``base ** (4 i / head_dims)``; None: geometric
+            from ``min_period`` to ``max_period``.
+        min_period (float, optional): Shortest period (with ``base=None``).
+        max_period (float, optional): Longest period (with ``base=None``).
         normalize_coords (str): ``'separate'`` divides rows by ``h`` and columns by
             ``w``; ``'min'``/``'max'`` divide both by the shorter/longer side.
-        shift_coords (float, optional): Training only: shift all coordinates by one
-            uniform draw from ``[-shift, shift]`` per axis.
-        jitter_coords (float, optional): Training only: scale each axis by a log-uniform
-            draw from ``[1 / jitter, jitter]``.
-        rescale_coords (float, optional): Training only: scale both axes by one
-            log-uniform draw from ``[1 / rescale, rescale]``.
+        shift_coords (float, optional): Training: shift each axis by U(-shift, shift).
+        jitter_coords (float, optional): Training: scale each axis log-uniformly in
+            ``[1 / jitter, jitter]``.
+        rescale_coords (float, optional): Training: scale both axes log-uniformly in
+            ``[1 / rescale, rescale]``.
     """
 
     def __init__(self,
@@ -71,8 +70,7 @@ class RopePositionEmbedding(nn.Module):
         self.head_dims = embed_dims // num_heads
         self.base, self.min_period, self.max_period = base, min_period, max_period
         self.normalize_coords = normalize_coords
-        self.shift_coords = shift_coords
-        self.jitter_coords = jitter_coords
+        self.shift_coords, self.jitter_coords = shift_coords, jitter_coords
         self.rescale_coords = rescale_coords
         self.register_buffer('periods', self.default_periods())
         self._cache_key: Optional[tuple] = None
@@ -90,11 +88,9 @@ class RopePositionEmbedding(nn.Module):
     def _coords(self, h: int, w: int) -> torch.Tensor:
         """Patch centres ``(h * w, 2)`` (row, column) in [-1, 1], augmented in training."""
         dd = dict(device=self.periods.device, dtype=torch.float32)
-        if self.normalize_coords == 'separate':
-            rows, cols = torch.arange(0.5, h, **dd) / h, torch.arange(0.5, w, **dd) / w
-        else:
-            side = max(h, w) if self.normalize_coords == 'max' else min(h, w)
-            rows, cols = torch.arange(0.5, h, **dd) / side, torch.arange(0.5, w, **dd) / side
+        side = {'separate': None, 'max': max(h, w), 'min': min(h, w)}[self.normalize_coords]
+        rows = torch.arange(0.5, h, **dd) / (side or h)
+        cols = torch.arange(0.5, w, **dd) / (side or w)
         coords = torch.stack(torch.meshgrid(rows, cols, indexing='ij'), dim=-1).flatten(0, 1)
         coords = 2.0 * coords - 1.0
         if self.training and self.shift_coords is not None:
