@@ -46,8 +46,7 @@ class DINOViTBase(BaseModule):
         with_cp (bool): Activation checkpointing while training, keeping attention
             outputs (:func:`checkpoint_keeping_attention`).
         spatial_prior (dict, optional): Arguments of a trainable :class:`SpatialPrior`
-            whose four maps follow the ViT outputs (for ``ViTFPN(prior_channels=...)``);
-            not part of the official layout.
+            whose maps follow the ViT outputs (for ``ViTFPN(prior_channels=...)``).
         init_cfg (dict, optional): MMEngine initialisation config.
     """
 

@@ -30,9 +30,8 @@ class DINOv2(DINOViTBase):
         patch_size (int): Patch side in pixels.
         interpolate_antialias (bool, optional): Antialiased bicubic resizing of the
             position embedding. Default: as the official variant (True with registers).
-        interpolate_offset (float, optional): The official ``+0.1`` offset of the
-            resize scale factor; ``0`` resizes to the exact grid. Default: as the
-            official variant (0 with registers, 0.1 without).
+        interpolate_offset (float, optional): The official ``+0.1`` offset of the resize
+            scale factor (0: the exact grid). Default: as the official variant.
         **kwargs: See :class:`DINOViTBase`. For the SwiGLU ViT-g, LoRA target ``'fc1'``
             adapts ``w12`` and ``'fc2'`` ``w3``.
     """
@@ -54,8 +53,7 @@ class DINOv2(DINOViTBase):
                  interpolate_antialias: Optional[bool] = None,
                  interpolate_offset: Optional[float] = None,
                  **kwargs):
-        self.num_register_tokens = self._token_count('num_register_tokens',
-                                                     num_register_tokens)
+        self.num_register_tokens = self._token_count('num_register_tokens', num_register_tokens)
         self.pos_grid = img_size // patch_size
         self.interpolate_antialias = (num_register_tokens > 0 if interpolate_antialias is None
                                       else interpolate_antialias)
@@ -86,8 +84,7 @@ class DINOv2(DINOViTBase):
     @staticmethod
     def official_url(arch: str, num_register_tokens: int = 0) -> str:
         """Download address of the official checkpoint of ``arch`` (S/B/L/g)."""
-        reg = {0: '', 4: '_reg4'}[num_register_tokens]
-        return OFFICIAL_URL.format(s=arch[0], reg=reg)
+        return OFFICIAL_URL.format(s=arch[0], reg={0: '', 4: '_reg4'}[num_register_tokens])
 
     def _from_official(self, state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """The official layout is ours, plus ``mask_token`` (masked-image training only)."""

@@ -103,10 +103,6 @@ class RopePositionEmbedding(nn.Module):
             coords = coords * torch.empty(1, **dd).uniform_(-log_rescale, log_rescale).exp()
         return coords
 
-    def _augmenting(self) -> bool:
-        return self.training and any(
-            v is not None for v in (self.shift_coords, self.jitter_coords, self.rescale_coords))
-
     def _tables(self, h: int, w: int) -> Rope:
         coords = self._coords(h, w)
         angles = 2 * math.pi * coords[:, :, None] / self.periods.float()[None, None, :]
@@ -116,7 +112,9 @@ class RopePositionEmbedding(nn.Module):
     def forward(self, h: int, w: int) -> Rope:
         """The last grid's tables are reused while grid and periods stay the same (not
         while augmenting, nor under ``torch.compile``/``torch.export``)."""
-        if self._augmenting() or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        augmenting = self.training and any(
+            v is not None for v in (self.shift_coords, self.jitter_coords, self.rescale_coords))
+        if augmenting or torch.compiler.is_compiling() or torch.jit.is_tracing():
             return self._tables(h, w)
         periods = self.periods
         key = (h, w, periods.device, periods.data_ptr(), periods._version)
