@@ -147,11 +147,10 @@ class DINOv3(DINOViTBase):
         if self.has_local_cls_norm:
             state['local_cls_norm.weight'] = torch.ones(C, dtype=dtype)
             state['local_cls_norm.bias'] = torch.zeros(C, dtype=dtype)
+        mask = _zero_key_rows(C, torch.ones(3 * C, dtype=dtype))
         for index, block in enumerate(self.blocks):
             if self.mask_k_bias and block.attn.qkv.bias is not None:
-                mask = torch.ones(3 * C, dtype=dtype)
-                mask[C:2 * C] = 0
-                state[f'blocks.{index}.attn.qkv.bias_mask'] = mask
+                state[f'blocks.{index}.attn.qkv.bias_mask'] = mask.clone()
         return state
 
     def _rope(self, h: int, w: int) -> Rope:
