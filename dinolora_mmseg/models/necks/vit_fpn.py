@@ -83,8 +83,8 @@ class ViTFPN(BaseModule):
         levels: List[torch.Tensor] = []
         for i, (stride, rescale) in enumerate(zip(self.strides, self.rescales)):
             x = rescale(inputs[i if self.num_inputs > 1 else 0])
-            # Ceiling division of positives, and a resize even to the same size: exact
-            # in an ONNX export with symbolic sizes (truncating division, no branches).
+            # Ceiling division of positives and a resize even to the same size: exact in an
+            # ONNX export with symbolic sizes (its division truncates; it traces one branch).
             size = ((height + stride - 1) // stride, (width + stride - 1) // stride)
             x = F.interpolate(x, size=size, mode='bilinear', align_corners=False)
             if priors:
