@@ -8,7 +8,7 @@ import torch
 from mmengine.logging import print_log
 from torch import nn
 
-from ...utils.fingerprint import file_fingerprint
+from ...utils.integrity import file_fingerprint
 from ...utils.weights import cached_download, is_url, load_weights
 
 RECORD_KEY = 'pretrained_weights'
@@ -22,7 +22,7 @@ class FrozenPretrained:
     memory), :meth:`freeze` freezes them and :meth:`attach` registers the state-dict
     hooks. Checkpoints then leave the frozen weights out (the file has them), and a
     load reports them as missing no more; :meth:`record` names the file and its
-    fingerprint (:func:`~dinolora_mmseg.utils.fingerprint.file_fingerprint`, cheap),
+    fingerprint (:func:`~dinolora_mmseg.utils.integrity.file_fingerprint`, cheap),
     which :func:`check_pretrained_records` compares when a checkpoint is loaded.
 
     Args:
