@@ -1,4 +1,3 @@
-from . import checkpoint_io  # noqa: F401
 from .hooks import *  # noqa: F401,F403
 from .model_wrappers import *  # noqa: F401,F403
 from .optim_wrappers import *  # noqa: F401,F403

@@ -1,10 +1,5 @@
-"""Runs on machines without CUDA: BN for SyncBN, and torchrun processes on the gloo backend.
-
-MMEngine's own ``init_dist`` calls ``torch.cuda.set_device`` and wraps the model with
-``device_ids=[LOCAL_RANK]``, neither of which a CPU allows; the group is created here
-instead (the Runner skips its own when one exists) and the model wrapped without
-``device_ids``.
-"""
+"""Runs on machines without CUDA: BN for SyncBN, and torchrun processes on the gloo backend
+(MMEngine's ``init_dist`` calls ``torch.cuda.set_device`` and wraps with ``device_ids``)."""
 import atexit
 import gc
 from datetime import timedelta
@@ -19,11 +14,9 @@ def replace_sync_bn(node) -> None:
     if isinstance(node, dict):
         if node.get('type') == 'SyncBN':
             node['type'] = 'BN'
-        for value in node.values():
-            replace_sync_bn(value)
-    elif isinstance(node, (list, tuple)):
-        for value in node:
-            replace_sync_bn(value)
+        node = list(node.values())
+    for value in node if isinstance(node, (list, tuple)) else ():
+        replace_sync_bn(value)
 
 
 def destroy_process_group() -> None:
@@ -37,20 +30,13 @@ def destroy_process_group() -> None:
 
 
 def prepare_cpu_run(cfg: Config, launcher: str) -> Config:
-    """Adapt ``cfg`` to a run on the CPU, in place.
-
-    ``SyncBN`` becomes ``BN``; for ``--launcher pytorch`` (torchrun) the gloo process group
-    is created with ``env_cfg.dist_cfg.timeout`` (seconds), destroyed at exit while the
-    interpreter is still whole (:func:`destroy_process_group`), and the model is wrapped
-    without ``device_ids``.
+    """Adapt ``cfg`` to a run on the CPU, in place: ``SyncBN`` becomes ``BN``; for
+    ``--launcher pytorch`` (torchrun) the gloo process group is created (the Runner then
+    skips its own) and destroyed at exit, and the model is wrapped without ``device_ids``.
 
     Args:
-        cfg (Config): The loaded config, with ``launcher`` and ``env_cfg.dist_cfg.timeout``
-            set (:func:`~dinolora_mmseg.engine.launch.prepare_launch`).
-        launcher (str): ``'none'``, ``'pytorch'``, ``'slurm'`` or ``'mpi'``.
-
-    Raises:
-        ValueError: ``launcher`` is ``'slurm'`` or ``'mpi'``, which need CUDA here.
+        cfg (Config): The config, ``env_cfg.dist_cfg.timeout`` set by ``prepare_launch``.
+        launcher (str): ``'none'`` or ``'pytorch'`` (``'slurm'`` and ``'mpi'`` need CUDA).
     """
     replace_sync_bn(cfg.model)
     if launcher == 'none':

@@ -1,13 +1,7 @@
-"""Which device a run uses, and a refusal where GPUs are present but CUDA is unusable.
-
-With a driver too old for torch's CUDA build, ``torch.cuda.is_available()`` is False
-without a word, and a launch on a GPU node would train on its CPUs: gloo, BN instead of
-SyncBN, CPU bfloat16. :func:`select_device` refuses that unless the user asks for the
-CPU (``--device cpu``, or ``DINOLORA_ALLOW_CPU=1``).
-"""
+"""Which device a run uses, and a refusal where GPUs are present but CUDA is unusable (a
+driver too old for torch's CUDA build), where a run would train on the CPUs unawares."""
 import glob
 import os
-import shutil
 import subprocess
 import warnings
 from typing import List, Optional
@@ -19,15 +13,13 @@ ALLOW_CPU_ENV = 'DINOLORA_ALLOW_CPU'
 
 def run_nvidia_smi(*args: str) -> List[str]:
     """The output lines of ``nvidia-smi ARGS``; none where it is missing or fails."""
-    program = shutil.which('nvidia-smi')
-    if program is None:
-        return []
     try:
-        result = subprocess.run([program, *args], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
+        result = subprocess.run(['nvidia-smi', *args], capture_output=True, text=True,
+                                timeout=30)
+    except (OSError, subprocess.TimeoutExpired):  # not installed, or hanging
         return []
-    return [line.strip() for line in result.stdout.splitlines() if line.strip()] \
-        if result.returncode == 0 else []
+    lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
+    return lines if result.returncode == 0 else []
 
 
 def gpu_evidence() -> List[str]:
@@ -66,18 +58,12 @@ def cuda_failure() -> str:
 
 
 def select_device(device: Optional[str] = None) -> str:
-    """``'cuda'`` or ``'cpu'`` for this run.
+    """``'cuda'`` or ``'cpu'`` for this run; ``RuntimeError`` (naming torch's CUDA and the
+    driver) where GPUs are present but CUDA is unusable, unless ``DINOLORA_ALLOW_CPU=1``.
 
     Args:
-        device (str, optional): ``'cuda'``, ``'cpu'`` (``--device``; the GPUs are hidden
-            with ``CUDA_VISIBLE_DEVICES=``), or None: CUDA where torch can use it, else
-            the CPU, unless GPUs are present.
-
-    Raises:
-        RuntimeError: CUDA is unusable although GPUs are present (or ``device`` is
-            ``'cuda'``) and neither ``--device cpu`` nor ``DINOLORA_ALLOW_CPU=1`` asks for
-            the CPU; or ``device`` is ``'cpu'`` but CUDA was started before the GPUs
-            could be hidden. The message gives the reason (torch's CUDA and the driver).
+        device (str, optional): ``--device``: ``'cuda'``, ``'cpu'`` (the GPUs are hidden),
+            or None: CUDA where torch can use it, else the CPU unless GPUs are present.
     """
     if device == 'cpu':
         os.environ['CUDA_VISIBLE_DEVICES'] = ''  # read where CUDA starts
@@ -85,8 +71,7 @@ def select_device(device: Optional[str] = None) -> str:
             raise RuntimeError('--device cpu: CUDA was started before the GPUs could be '
                                'hidden; run with CUDA_VISIBLE_DEVICES= instead')
         return 'cpu'
-    available = torch.cuda.is_available()
-    if available:
+    if torch.cuda.is_available():
         return 'cuda'
     evidence = gpu_evidence() if device is None else ['--device cuda']
     if not evidence or os.environ.get(ALLOW_CPU_ENV) == '1':
@@ -95,5 +80,4 @@ def select_device(device: Optional[str] = None) -> str:
         f'GPUs are present ({"; ".join(evidence)}) but torch cannot use CUDA: '
         f'{cuda_failure()}. Install a torch build for this driver, or a driver for this '
         f'torch (CUDA 12.x needs driver >= 525, CUDA 13.x >= 580); to run on the CPU '
-        f'anyway, pass '
-        f'--device cpu or set {ALLOW_CPU_ENV}=1')
+        f'anyway, pass --device cpu or set {ALLOW_CPU_ENV}=1')

@@ -1,6 +1,5 @@
 """What the Runner-based tools share: their common options, and the machine's settings
-applied to the config before the Runner is built (device, distributed timeout, TF32,
-the CPU set-up)."""
+applied to the config before the Runner is built."""
 import argparse
 import os
 from datetime import timedelta
@@ -15,9 +14,8 @@ from .device_check import select_device
 from .precision import set_tf32
 
 DIST_TIMEOUT_ENV = 'DINOLORA_DIST_TIMEOUT'
-# Seconds a collective may wait, where the config sets none. Loading a big model and its
-# pretrained file can keep one rank from the first collective for longer than the
-# 10 minutes torch allows NCCL and gloo by default.
+# Seconds a collective may wait, where the config sets none: loading a big model can keep a
+# rank from the first collective for longer than torch's default 10 minutes.
 DEFAULT_DIST_TIMEOUT = 1800
 
 
@@ -55,17 +53,9 @@ def dist_timeout() -> int:
 
 
 def prepare_launch(cfg: Config, launcher: str, device: Optional[str] = None) -> Config:
-    """Adapt ``cfg`` to the machine before the Runner is built.
-
-    The device is chosen (:func:`~.device_check.select_device`: a GPU machine whose
-    CUDA torch cannot use is refused, not run on the CPU without a word). A
-    multi-process run gets ``env_cfg.dist_cfg.timeout`` (:func:`dist_timeout`) unless
-    the config sets one. On CUDA, TF32 is set (:func:`~.precision.set_tf32`); on the
-    CPU, SyncBN becomes BN and torchrun runs on gloo
-    (:func:`~.cpu_distributed.prepare_cpu_run`).
-    On CUDA a launched process also joins its process group here, as the Runner would
-    (``mmengine.dist.init_dist`` with ``env_cfg.dist_cfg``; the Runner then skips it), so
-    that the data can be checked on one rank before the Runner is built.
+    """Adapt ``cfg`` to the machine before the Runner is built: the device chosen, an
+    ``env_cfg.dist_cfg.timeout`` where none is set; on CUDA, TF32 set and a launched process
+    in its process group, as the Runner would, so that the data can be checked on one rank.
 
     Args:
         cfg (Config): The loaded config; modified in place and returned.
@@ -75,17 +65,14 @@ def prepare_launch(cfg: Config, launcher: str, device: Optional[str] = None) -> 
     cfg.launcher = launcher
     on_cuda = select_device(device) == 'cuda'
     if launcher != 'none':
-        if cfg.get('env_cfg') is None:
-            cfg.env_cfg = dict()
-        if cfg.env_cfg.get('dist_cfg') is None:
-            cfg.env_cfg.dist_cfg = dict(backend='nccl')  # the Runner's default
+        cfg.env_cfg = cfg.get('env_cfg') or dict()
+        cfg.env_cfg.dist_cfg = cfg.env_cfg.get('dist_cfg') or dict(backend='nccl')  # as Runner
         if cfg.env_cfg.dist_cfg.get('timeout') is None:
             cfg.env_cfg.dist_cfg.timeout = dist_timeout()
     if on_cuda:
         set_tf32(cfg)
         if launcher != 'none' and not dist.is_initialized():
-            dist_cfg = dict(cfg.env_cfg.dist_cfg)
-            dist_cfg['timeout'] = timedelta(seconds=dist_cfg['timeout'])
-            init_dist(launcher, **dist_cfg)
+            dist_cfg = cfg.env_cfg.dist_cfg
+            init_dist(launcher, **dict(dist_cfg, timeout=timedelta(seconds=dist_cfg.timeout)))
         return cfg
     return prepare_cpu_run(cfg, launcher)

@@ -1,18 +1,7 @@
-"""One live training per work dir: a second one would overwrite the first's checkpoints.
-
-The lock is an ``fcntl.flock`` on ``<work_dir>/train.lock``, held until the process
-ends. The kernel drops it when the process dies, however it dies, so the lock of a
-killed run never blocks its ``--resume``; the file only says who holds it.
-
-Cluster file systems do not always keep that promise: Lustre mounted without
-``-o flock`` refuses ``flock`` (``ENOSYS``), and NFS mounted with ``local_lock=flock``
-(or Lustre with ``-o localflock``) grants it within one node only. There the lock is
-``<work_dir>/train.lock.owner`` instead, created with ``O_EXCL`` (which NFS v3+ and
-Lustre make atomic across nodes), naming the host and process id, and removed at exit.
-One left behind by a killed run is taken over when its process is gone from this host;
-one of another host is refused, naming the host and the file to delete.
-"""
+"""One live training per work dir: an ``fcntl.flock``, which dies with its process, or an
+``O_EXCL`` file where flock fails or holds within one node only (docs/reliability.md)."""
 import atexit
+import contextlib
 import datetime
 import fcntl
 import logging
@@ -22,17 +11,19 @@ import re
 import shlex
 import socket
 import sys
+from pathlib import Path
 from typing import IO, List, Optional
 
 from mmengine.logging import print_log
 
+from ..utils.atomic_write import process_alive
+
 LOCK_NAME = 'train.lock'
 OWNER_NAME = 'train.lock.owner'
 _held: List[IO] = []  # open for the life of the process: closing the file drops the lock
+_NFS_LOCAL = ('local_lock=flock', 'local_lock=all')
 # Mount options under which flock holds within one node only.
-NODE_LOCAL_FLOCK = {'nfs': ('local_lock=flock', 'local_lock=all'),
-                    'nfs4': ('local_lock=flock', 'local_lock=all'),
-                    'lustre': ('localflock', )}
+NODE_LOCAL_FLOCK = {'nfs': _NFS_LOCAL, 'nfs4': _NFS_LOCAL, 'lustre': ('localflock', )}
 
 
 def launch_rank() -> int:
@@ -51,20 +42,15 @@ def node_local_flock(path: str, mounts: str = '/proc/mounts') -> Optional[str]:
             table = [line.split() for line in f]
     except OSError:
         return None
-    path = osp.realpath(path)
-    best = None
-    for fields in table:
-        if len(fields) < 4:
-            continue
-        point = fields[1].replace('\\040', ' ')
-        if (path == point or path.startswith(point.rstrip('/') + '/')) and (
-                best is None or len(point) >= len(best[1])):
-            best = fields
-    if best is None:
+    path = osp.realpath(path).rstrip('/') + '/'
+    holding = [fields for fields in table if len(fields) >= 4
+               and path.startswith(fields[1].replace('\\040', ' ').rstrip('/') + '/')]
+    if not holding:
         return None
-    fs_type, options = best[2], best[3].split(',')
-    if any(option in options for option in NODE_LOCAL_FLOCK.get(fs_type, ())):
-        return f'{fs_type} {best[3]}'
+    # the longest mount point; of one mounted twice, the later mount
+    fs_type, options = max(reversed(holding), key=lambda fields: len(fields[1]))[2:4]
+    if any(option in options.split(',') for option in NODE_LOCAL_FLOCK.get(fs_type, ())):
+        return f'{fs_type} {options}'
     return None
 
 
@@ -81,33 +67,19 @@ def in_use(work_dir: str, holder: str) -> RuntimeError:
                         'to end, stop it, or pass another --work-dir')
 
 
-def process_alive(pid: int) -> bool:
-    """Whether a process ``pid`` runs on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def lock_with_owner_file(work_dir: str) -> str:
-    """Take the work dir's lock as a file created with ``O_EXCL``, removed at exit.
-
-    Raises:
-        RuntimeError: The file names a live process of this host, or a process of
-            another host (whose liveness cannot be checked from here).
-    """
+    """Take the work dir's lock as a file created with ``O_EXCL`` (atomic across the nodes
+    of NFS v3+ and Lustre), removed at exit. One of a dead process of this host is taken
+    over; one of a live process, or of another host, is refused (``RuntimeError``)."""
     path = osp.join(work_dir, OWNER_NAME)
     line = holder_line()
     while True:
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with open(path, 'x') as f:  # O_EXCL
+                f.write(line)
         except FileExistsError:
             try:
-                with open(path) as f:
-                    holder = f.read().strip()
+                holder = Path(path).read_text().strip()
             except FileNotFoundError:  # removed meanwhile by its owner: try again
                 continue
             found = re.match(r'pid (\d+) on (\S+),', holder)
@@ -127,62 +99,47 @@ def lock_with_owner_file(work_dir: str) -> str:
                       'the lock over', logger='current', level=logging.WARNING)
             os.remove(path)
             continue
-        with os.fdopen(fd, 'w') as f:
-            f.write(line)
         atexit.register(release_owner_file, path, line)
         return path
 
 
 def release_owner_file(path: str, line: str) -> None:
     """Remove the lock file at ``path`` if it is still this process's (holds ``line``)."""
-    try:
-        with open(path) as f:
-            if f.read() != line:
-                return
-        os.remove(path)
-    except FileNotFoundError:
-        pass
+    with contextlib.suppress(FileNotFoundError):
+        if Path(path).read_text() == line:
+            os.remove(path)
 
 
 def lock_work_dir(work_dir: str) -> Optional[str]:
-    """Take the work dir's lock in rank 0; other ranks leave it to rank 0.
+    """Take the work dir's lock until the process ends and return the lock file's path, in
+    rank 0 (the others return None); ``RuntimeError`` naming the holder if one lives.
 
     Args:
         work_dir (str): The run's work dir (created if missing).
-
-    Returns:
-        str | None: The lock file's path, or None in ranks other than 0.
-
-    Raises:
-        RuntimeError: Another live process holds the lock; the message says which
-            (process id, host, start time and command line).
     """
     if launch_rank() != 0:
         return None
     os.makedirs(work_dir, exist_ok=True)
     local = node_local_flock(work_dir)
-    if local is not None:
-        print_log(f'{work_dir} is on a mount whose flock holds within one node only '
-                  f'({local}): locking it with {OWNER_NAME} instead', logger='current',
-                  level=logging.WARNING)
-        return lock_with_owner_file(work_dir)
-    path = osp.join(work_dir, LOCK_NAME)
-    f = open(path, 'a+')
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or 'a process that has not written its name yet'
-        f.close()
-        raise in_use(work_dir, holder) from None
-    except OSError as error:  # e.g. ENOSYS: Lustre mounted without -o flock
-        f.close()
-        print_log(f'{work_dir}: this file system does not support flock ({error}); locking '
-                  f'it with {OWNER_NAME} instead', logger='current', level=logging.WARNING)
-        return lock_with_owner_file(work_dir)
-    f.seek(0)
-    f.truncate()
-    f.write(holder_line())
-    f.flush()
-    _held.append(f)
-    return path
+    why = local and f'is on a mount whose flock holds within one node only ({local})'
+    if not why:
+        f = open(osp.join(work_dir, LOCK_NAME), 'a+')
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or 'a process that has not written its name yet'
+            f.close()
+            raise in_use(work_dir, holder) from None
+        except OSError as error:  # e.g. ENOSYS: Lustre mounted without -o flock
+            f.close()
+            why = f'is on a file system that does not support flock ({error})'
+        else:
+            f.truncate(0)  # in append mode, the write goes to the (new) end
+            f.write(holder_line())
+            f.flush()
+            _held.append(f)
+            return f.name
+    print_log(f'{work_dir} {why}: locking it with {OWNER_NAME} instead', logger='current',
+              level=logging.WARNING)
+    return lock_with_owner_file(work_dir)

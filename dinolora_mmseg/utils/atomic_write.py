@@ -1,11 +1,5 @@
-"""Writing files so that a reader sees the old file or the complete new one, never a part.
-
-Every file is written to a temporary file next to it (``<path>.<pid>.tmp``), flushed
-to the disk and renamed onto ``path``. A rename replaces a symbolic link at ``path``
-itself, never the file it points to. A failed write (a full disk, a quota, an
-interrupt) removes its temporary file and leaves ``path`` as it was; a temporary file
-of a killed process is left behind and removed by :func:`remove_stale_temp_files`.
-"""
+"""Writing files so that a reader sees the old file or the complete new one, never a part:
+written to ``<path>.<pid>.tmp``, flushed and renamed onto ``path`` (a link is replaced)."""
 import contextlib
 import os
 import os.path as osp
@@ -30,17 +24,11 @@ def _fsync(path: str) -> None:
 def atomic_output(path: str) -> Iterator[str]:
     """Give a temporary path to write ``path``'s new content to; move it onto ``path``.
 
-    Usage::
-
-        with atomic_output('out.pth') as tmp:
-            torch.save(obj, tmp)
+    ``with atomic_output('out.pth') as tmp: torch.save(obj, tmp)``. A failed write leaves
+    ``path`` as it was and raises an ``OSError`` (its errno kept) naming ``path``.
 
     Args:
         path (str): The file to write; its folder is created if missing.
-
-    Raises:
-        OSError: Writing failed; the message names ``path`` (the errno, e.g. ENOSPC,
-            is kept) and ``path`` is unchanged.
     """
     path = os.fspath(path)
     os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
@@ -61,23 +49,13 @@ def atomic_output(path: str) -> Iterator[str]:
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through :func:`atomic_output`.
-
-    Args:
-        path (str): The file to write.
-        data (bytes): Its complete new content.
-    """
-    with atomic_output(path) as tmp, open(tmp, 'wb') as f:
-        f.write(data)
+    """Write ``data``, the complete new content of ``path``, through :func:`atomic_output`."""
+    atomic_write_files({path: data})
 
 
 def atomic_write_files(contents: Mapping[str, bytes]) -> None:
-    """Write several files through :func:`atomic_output` together: a failed write
-    leaves every one of them as it was.
-
-    Args:
-        contents (Mapping[str, bytes]): The complete new content of each path.
-    """
+    """Write several files (path -> complete new content) through :func:`atomic_output`
+    together: a failed write leaves every one of them as it was."""
     with contextlib.ExitStack() as stack:
         temps = {path: stack.enter_context(atomic_output(path)) for path in contents}
         for path, tmp in temps.items():
@@ -86,15 +64,8 @@ def atomic_write_files(contents: Mapping[str, bytes]) -> None:
 
 
 def atomic_write_image(path: str, rgb: np.ndarray) -> None:
-    """Encode an RGB image in the format of ``path``'s extension and write it atomically.
-
-    Args:
-        path (str): The image file, e.g. ``out.png``.
-        rgb (np.ndarray): ``(H, W, 3)`` uint8 RGB image.
-
-    Raises:
-        OSError: The image cannot be encoded in that format.
-    """
+    """Encode an ``(H, W, 3)`` uint8 RGB image in the format of ``path``'s extension
+    (``OSError`` if it has none) and write it atomically."""
     ok, encoded = cv2.imencode(osp.splitext(path)[1], np.ascontiguousarray(rgb[..., ::-1]))
     if not ok:
         raise OSError(f'Could not encode an image for {path} (unknown extension?)')
@@ -102,30 +73,21 @@ def atomic_write_image(path: str, rgb: np.ndarray) -> None:
 
 
 def remove_stale_temp_files(folder: str) -> List[str]:
-    """Remove the temporary files that killed writers left in ``folder``.
-
-    A file is left alone while its writer (the process id in its name) still runs.
-
-    Args:
-        folder (str): The folder to clean (not its subfolders).
-
-    Returns:
-        list[str]: The paths removed.
-    """
+    """Remove (and return) the temporary files that killed writers left in ``folder`` (not
+    its subfolders); a file whose writer, the process id in its name, still runs stays."""
     removed = []
     for name in sorted(os.listdir(folder)) if osp.isdir(folder) else []:
-        match = TEMP_NAME.match(name)
-        if match is None or not osp.isfile(osp.join(folder, name)):
+        match, path = TEMP_NAME.match(name), osp.join(folder, name)
+        if match is None or not osp.isfile(path):
             continue
-        pid = int(match['pid'])
-        if pid != os.getpid() and _is_running(pid):
-            continue
-        os.remove(osp.join(folder, name))
-        removed.append(osp.join(folder, name))
+        if int(match['pid']) == os.getpid() or not process_alive(int(match['pid'])):
+            os.remove(path)
+            removed.append(path)
     return removed
 
 
-def _is_running(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

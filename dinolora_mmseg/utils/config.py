@@ -1,8 +1,4 @@
-"""Loading a config as MMSeg's tools do: the front door of every tool of this project.
-
-:func:`load_config` reads the file, applies ``--cfg-options`` (warning about those that
-cannot take effect), sets the registry scope and the work dir.
-"""
+"""Loading a config as MMSeg's tools do: the front door of every tool of this project."""
 import inspect
 import logging
 import os.path as osp
@@ -14,8 +10,7 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 
-# The scope of a config without ``default_scope``, as MMSeg's ``init_model`` assumes:
-# its types need no ``mmseg.`` prefix.
+# The scope of a config without ``default_scope``, as MMSeg's ``init_model`` assumes.
 DEFAULT_SCOPE = 'mmseg'
 # Top-level keys read outside the Runner: by Config.fromfile (custom_imports), MMSeg's
 # and our tools/train.py (runner_type) and tools/test.py (tta_model, tta_pipeline).
@@ -24,17 +19,15 @@ TOOL_KEYS = frozenset(('custom_imports', 'runner_type', 'tta_model', 'tta_pipeli
 
 @lru_cache(maxsize=None)
 def runner_keys() -> FrozenSet[str]:
-    """The top-level config keys MMEngine's Runner reads: the arguments of
-    ``Runner.__init__`` and the keys its code reads with ``cfg.get('...')``, plus
-    :data:`TOOL_KEYS`. Any other top-level name is a plain variable of the config file."""
+    """The top-level config keys MMEngine's Runner reads (its ``__init__`` arguments and
+    ``cfg.get('...')`` calls) and :data:`TOOL_KEYS`; any other is a plain variable."""
     arguments = set(inspect.signature(Runner.__init__).parameters) - {'self'}
     read = set(re.findall(r"\bcfg\.get\(\s*'(\w+)'", inspect.getsource(Runner)))
     return frozenset(arguments | read | TOOL_KEYS)
 
 
 def registry_scope(cfg: Config) -> str:
-    """The registry scope the config's types are built in: its ``default_scope``, else
-    :data:`DEFAULT_SCOPE`."""
+    """The registry scope of the config's types: its ``default_scope``, else ``'mmseg'``."""
     return cfg.get('default_scope') or DEFAULT_SCOPE
 
 
@@ -51,12 +44,9 @@ def fields_holding(node, value, path: str = '') -> List[str]:
 
 
 def warn_ineffective_options(cfg: Config, options: dict) -> None:
-    """Warn about ``--cfg-options`` that set a plain variable of the config file.
-
-    A top-level name such as ``max_iters`` or ``crop_size`` is read once, where the file
-    uses it, when the file is loaded; setting it afterwards changes nothing the Runner
-    reads. The warning names the fields that hold its value, which are what to set.
-    """
+    """Warn about ``--cfg-options`` that set a plain variable of the config file (such as
+    ``max_iters``: used where the file refers to it when it is read, so setting it later
+    changes nothing), naming the fields that hold its value, which are what to set."""
     model_has_preprocessor = 'data_preprocessor' in cfg.get('model', {})
     for key in options:
         name = key.split('.')[0]
@@ -75,17 +65,13 @@ def warn_ineffective_options(cfg: Config, options: dict) -> None:
 
 def load_config(path: str, cfg_options: Optional[dict] = None,
                 work_dir: Optional[str] = None) -> Config:
-    """The config at ``path`` as MMSeg's tools load it.
-
-    ``cfg_options`` (``--cfg-options``) are applied, those that cannot take effect warned
-    about (:func:`warn_ineffective_options`); a config without ``default_scope`` gets
-    :data:`DEFAULT_SCOPE`; the work dir is ``work_dir`` (``--work-dir``), else the
-    config's, else ``./work_dirs/<config name>``.
+    """The config at ``path`` as MMSeg's tools load it, with ``default_scope`` set.
 
     Args:
         path (str): The config file.
         cfg_options (dict, optional): Overrides, dotted key -> value.
-        work_dir (str, optional): The work dir to use.
+        work_dir (str, optional): The work dir; default: the config's, else
+            ``./work_dirs/<config name>``.
     """
     cfg = Config.fromfile(path)
     if cfg_options:

@@ -1,19 +1,11 @@
-"""Detecting damaged weight files before their tensors are used.
-
-- Zip-format torch files (``torch.save`` since torch 1.6, mmengine checkpoints, the
-  official DINOv2 releases) store a CRC-32 of every record, which ``torch.load`` does
-  not check: :func:`verify_zip` does (a record written with checksums turned off,
-  ``torch.serialization.set_crc32_options(False)``, stores 0 and cannot be checked).
-- ``.safetensors`` has no checksum of its own. Files written by :func:`save_safetensors`
-  carry a CRC-32 of their tensor data in the header metadata, checked by
-  :func:`verify_safetensors`; damage to other safetensors files cannot be detected.
-- :func:`content_fingerprint` names a file's content cheaply, from those checksums.
-"""
+"""Damaged weight files found by their CRC-32s (which ``torch.load`` does not check; ours
+add one to ``.safetensors``), and fingerprints of weight files' content."""
 import hashlib
 import json
 import os
 import zipfile
 import zlib
+from functools import lru_cache
 from typing import Dict, Iterator, Optional, Tuple
 
 import torch
@@ -22,15 +14,9 @@ CRC_KEY = 'data_crc32'
 
 
 def verify_zip(path: str) -> None:
-    """Check every record of a zip-format torch file against its stored CRC-32.
-
-    Args:
-        path (str): The file.
-
-    Raises:
-        RuntimeError: The file is not a complete zip archive or a record's bytes differ
-            from its checksum; the message names the file and the record.
-    """
+    """Check every record of a zip-format torch file against its stored CRC-32 (one saved
+    with ``torch.serialization.set_crc32_options(False)`` stores 0: not checked); a damaged
+    or incomplete file raises a ``RuntimeError`` naming it and the record."""
     try:
         with zipfile.ZipFile(path) as archive:
             for info in archive.infolist():
@@ -71,18 +57,9 @@ def _safetensors_header(path: str) -> Tuple[dict, int]:
 
 
 def verify_safetensors(path: str) -> bool:
-    """Check a ``.safetensors`` file's data against the CRC-32 in its metadata, if any.
-
-    Args:
-        path (str): The file.
-
-    Returns:
-        bool: Whether the file carried a checksum (False: damage cannot be detected).
-
-    Raises:
-        ValueError: The file is not a safetensors file (the message says what it is).
-        RuntimeError: The data does not match the checksum; the message names the file.
-    """
+    """Check a ``.safetensors`` file's data against the CRC-32 in its metadata, if any, and
+    return whether it had one. ``RuntimeError`` if the data differs, ``ValueError`` (saying
+    what the file is) if it is no safetensors file."""
     header, start = _safetensors_header(path)
     stored = header.get('__metadata__', {}).get(CRC_KEY)
     if stored is None:
@@ -101,7 +78,7 @@ def save_safetensors(tensors: Dict[str, torch.Tensor], path: str,
     """Write ``tensors`` as a ``.safetensors`` file with a CRC-32 of its data.
 
     Args:
-        tensors (dict[str, torch.Tensor]): What to write (made contiguous here).
+        tensors (dict[str, torch.Tensor]): What to write.
         path (str): Where (written as given; use it inside ``atomic_output``).
         metadata (dict[str, str], optional): More header metadata.
     """
@@ -122,13 +99,9 @@ def content_fingerprint(path: str) -> str:
     """A SHA-256 that changes when the content of the weight file at ``path`` changes.
 
     Cheap where the file holds checksums of its content (a zip-format torch file, or a
-    safetensors file of :func:`save_safetensors`): they are hashed, and checked again
-    wherever the file is loaded. Any other file is hashed whole. The folder that
-    ``torch.save`` names after the file inside the archive is left out, so a copy or a
-    re-save of the same tensors under another name has the same fingerprint.
-
-    Args:
-        path (str): The file.
+    safetensors file of :func:`save_safetensors`): they are hashed. Any other file is
+    hashed whole. The folder that ``torch.save`` names after the file inside the archive
+    is left out, so a copy of the same tensors under another name has the same fingerprint.
     """
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
@@ -144,3 +117,16 @@ def content_fingerprint(path: str) -> str:
     for chunk in _chunks(path):
         digest.update(chunk)
     return digest.hexdigest()
+
+
+def file_fingerprint(path: str) -> str:
+    """:func:`content_fingerprint`, computed once per file and process (cached by real path,
+    inode, size and modification time: a file changed at the same path is hashed again)."""
+    stat = os.stat(path)
+    return _cached_fingerprint(os.path.realpath(path),
+                               (stat.st_ino, stat.st_size, stat.st_mtime_ns))
+
+
+@lru_cache(maxsize=64)
+def _cached_fingerprint(path: str, version: Tuple[int, int, int]) -> str:
+    return content_fingerprint(path)

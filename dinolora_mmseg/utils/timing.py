@@ -1,7 +1,4 @@
-"""Timing work on a device: synchronised step times and the matrix-multiply rate.
-
-Shared by the benchmark and by ``BF16OptimWrapper``'s check of the CPU's bfloat16 speed.
-"""
+"""Timing work on a device (for the benchmark and ``BF16OptimWrapper``'s speed check)."""
 import time
 from typing import Callable, List
 
@@ -16,14 +13,8 @@ def synchronize(device: torch.device) -> None:
 
 def time_steps(step: Callable[[], None], iters: int, warmup: int,
                device: torch.device) -> List[float]:
-    """Seconds of each of ``iters`` calls of ``step`` after ``warmup`` untimed ones.
-
-    Args:
-        step (Callable): The work to time.
-        iters (int): Timed calls.
-        warmup (int): Untimed calls first.
-        device (torch.device): Synchronised around each timed call.
-    """
+    """Seconds of each of ``iters`` calls of ``step`` after ``warmup`` untimed ones, with
+    ``device`` synchronised around each timed call."""
     for _ in range(warmup):
         step()
     times = []
@@ -37,15 +28,8 @@ def time_steps(step: Callable[[], None], iters: int, warmup: int,
 
 
 def matmul_rate(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 5) -> float:
-    """GFLOP/s of a ``size`` x ``size`` matrix product of ``dtype`` (fastest of ``repeats``
-    after one warm-up): the machine's rate is a peak, so the fastest is its best estimate.
-
-    Args:
-        device (torch.device): Where to multiply.
-        dtype (torch.dtype): Element type.
-        size (int): Side of the square matrices.
-        repeats (int): Timed products.
-    """
+    """GFLOP/s of a ``size`` x ``size`` matrix product of ``dtype`` on ``device``: the
+    fastest of ``repeats`` after one warm-up (the machine's rate is a peak)."""
     generator = torch.Generator(device).manual_seed(0)
     a, b = (torch.randn(size, size, device=device, generator=generator).to(dtype)
             for _ in range(2))

@@ -1,23 +1,21 @@
-"""Reading weight files from outside the project without unpickling code.
-
-Files that do not come from this project's own training (DINOv2 releases, imported
-weights, exports) are read with ``torch.load(weights_only=True)`` or safetensors, so a
-file that asks to run code while loading is refused; a damaged file is refused too.
-"""
+"""Reading weight files without unpickling code: CRC-checked, weights-only (or safetensors).
+See docs/reliability.md ("Safe loading")."""
 import os
+import os.path as osp
 import pickle
+import zipfile
 from typing import Dict, Sequence
 from urllib.parse import urlparse
 
 import torch
-import torch.distributed as dist
+from mmengine.dist import barrier, get_world_size
 from mmengine.logging import print_log
 
-from .checkpoint_file import torch_load_checked
-from .integrity import verify_safetensors
+from .integrity import verify_safetensors, verify_zip
 
 WRAPPERS = ('state_dict', 'model', 'teacher')
 FRAMEWORK_PREFIXES = ('module.', 'teacher.', 'backbone.')
+LOCAL_RANK_VARIABLES = ('LOCAL_RANK', 'SLURM_LOCALID', 'OMPI_COMM_WORLD_LOCAL_RANK')
 
 
 def is_url(path: str) -> bool:
@@ -26,97 +24,90 @@ def is_url(path: str) -> bool:
 
 def hub_cache_path(url: str) -> str:
     """Where the torch hub cache keeps (or would keep) the file at ``url``."""
-    return os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(urlparse(url).path))
-
-
-LOCAL_RANK_VARIABLES = ('LOCAL_RANK', 'SLURM_LOCALID', 'OMPI_COMM_WORLD_LOCAL_RANK')
+    return osp.join(torch.hub.get_dir(), 'checkpoints', osp.basename(urlparse(url).path))
 
 
 def local_rank() -> int:
-    """This process's rank on its machine, as torchrun, slurm or Open MPI set it (0 if
-    none does)."""
+    """This process's rank on its machine, as torchrun, Slurm or Open MPI set it (0 alone)."""
     return next((int(os.environ[name]) for name in LOCAL_RANK_VARIABLES if name in os.environ),
                 0)
 
 
 def cached_download(url: str) -> str:
-    """Path of ``url`` in the torch hub cache, downloading it there if missing.
+    """Path of ``url`` in the torch hub cache, downloading it there if missing (else a
+    ``FileNotFoundError`` says where to put it).
 
     In a multi-process run only local rank 0 of each machine downloads; the others wait
-    at a barrier of the default process group (when one exists) and then read the
-    cached file, as MMEngine's ``load_from_http`` does.
-
-    Args:
-        url (str): An ``http(s)`` address.
-
-    Raises:
-        FileNotFoundError: The file is not cached and cannot be downloaded; the
-            message says where to put it.
+    at a barrier of the default process group, as MMEngine's ``load_from_http`` does.
     """
     cached = hub_cache_path(url)
-    grouped = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     failed = None
-    if not os.path.isfile(cached) and (local_rank() == 0 or not grouped):
-        os.makedirs(os.path.dirname(cached), exist_ok=True)
+    if not osp.isfile(cached) and (local_rank() == 0 or get_world_size() == 1):
+        os.makedirs(osp.dirname(cached), exist_ok=True)
         try:
             torch.hub.download_url_to_file(url, cached, progress=True)
         except Exception as error:  # no network, HTTP error, DNS failure ...
-            failed = error  # raised after the barrier, which every rank must reach
-    if grouped:
-        dist.barrier()
-    if failed is not None or not os.path.isfile(cached):
+            failed = error  # raised after the barrier
+    barrier()  # every rank, also one whose download failed (a no-op in a single process)
+    if failed is not None or not osp.isfile(cached):
         reason = (f'{type(failed).__name__}: {failed}' if failed is not None
                   else 'local rank 0 could not download it')
         raise FileNotFoundError(
-            f'Could not download {url} ({reason}). '
-            f'Download it where there is internet and put it at {cached}, '
-            f'or pass its local path instead of the URL.') from failed
+            f'Could not download {url} ({reason}). Download it where there is internet and '
+            f'put it at {cached}, or pass its local path instead of the URL.') from failed
     return cached
+
+
+def local_file(path: str) -> str:
+    """``path`` as a local file that exists: a URL downloaded, ``~`` expanded."""
+    path = os.fspath(path)
+    path = cached_download(path) if is_url(path) else osp.expanduser(path)
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'Weight file not found: {path}')
+    return path
+
+
+def torch_load_checked(path: str, trusted: bool = False, mmap: bool = False):
+    """``torch.load`` of a local file to the CPU after its CRC-32 check, weights-only
+    unless ``trusted`` (the user vouches for the file); ``mmap`` maps a zip file's tensors.
+    A damaged file raises a ``RuntimeError`` naming it."""
+    is_zip = zipfile.is_zipfile(path)
+    if is_zip:
+        verify_zip(path)
+    try:
+        return torch.load(path, map_location='cpu', weights_only=not trusted,
+                          mmap=mmap and is_zip)
+    except RuntimeError as error:  # not pickle.UnpicklingError, which is no RuntimeError
+        raise RuntimeError(f'{path} is damaged: {error}') from error
 
 
 def load_weights(path: str, prefixes: Sequence[str] = FRAMEWORK_PREFIXES,
                  mmap: bool = False) -> Dict[str, torch.Tensor]:
-    """Read a state dict of plain tensors from a ``.pth``/``.pt``, ``.safetensors`` file or URL.
+    """The CPU tensors, by name, of a ``.pth``/``.pt`` or ``.safetensors`` file or URL.
 
-    The file is checked for damage first (see :mod:`.integrity`). A file saved by a
-    training framework is unwrapped: the tensors under ``state_dict``, ``model`` or
-    ``teacher`` are taken, and then, for each of ``prefixes`` that some keys start
-    with, only those keys, without it. What was unwrapped is logged.
+    A file saved by a training framework is unwrapped, and the log says so: the tensors
+    under ``state_dict``, ``model`` or ``teacher``, then, for each of ``prefixes`` that
+    some keys start with, only those keys, without it. A file that holds no flat dict of
+    tensors (the message says where it found some), is not what its name says, or whose
+    pickle asks to run code raises a ``ValueError``.
 
     Args:
         path (str): Local file or ``http(s)`` URL (cached in the torch hub folder).
         prefixes (Sequence[str]): Key prefixes to select and strip, in this order.
-            Defaults to ``('module.', 'teacher.', 'backbone.')``.
-        mmap (bool): Map a ``.pth`` file's tensors from disk instead of reading them
-            into memory (pages load as they are used); for a caller that copies them
-            anyway, e.g. to another dtype. Files in torch's legacy (non-zip) format
-            are read as usual.
-
-    Returns:
-        dict[str, torch.Tensor]: The tensors, on the CPU.
-
-    Raises:
-        FileNotFoundError: The file does not exist (or cannot be downloaded).
-        RuntimeError: The file is damaged; the message names it.
-        ValueError: The file holds no mapping of names to tensors (the message says
-            where it found tensors), is not what its name says, or its pickle asks to
-            run code; nothing from it is executed.
+        mmap (bool): Map a zip-format ``.pth`` file's tensors from disk.
     """
-    path = cached_download(path) if is_url(path) else os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'Weight file not found: {path}')
+    path = local_file(path)
     if path.endswith('.safetensors'):
         from safetensors.torch import load_file
         verify_safetensors(path)
-        state = load_file(path, device='cpu')
-    else:
-        try:
-            state = torch_load_checked(path, mmap=mmap)
-        except pickle.UnpicklingError as error:
-            raise ValueError(
-                f'{path} is not a plain weight file: its pickle asks for objects that '
-                f'weights-only loading refuses, so it was not loaded (nothing in it was '
-                f'run). Details: {str(error).splitlines()[0]}') from error
+        return _unwrap(load_file(path, device='cpu'), path, prefixes)
+    try:
+        state = torch_load_checked(path, mmap=mmap)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f'{path} is not a plain weight file: its pickle asks for objects that '
+            f'weights-only loading refuses, so it was not loaded (nothing in it was '
+            f'run). Details: {str(error).splitlines()[0]}') from error
     return _unwrap(state, path, prefixes)
 
 

@@ -5,7 +5,5 @@ from .pretrained_record_hook import PretrainedRecordHook
 from .trainable_params_hook import TrainableParamsHook
 from .weights_only_checkpoint_hook import WeightsOnlyCheckpointHook
 
-__all__ = [
-    'AtomicCheckpointHook', 'FiniteLossHook', 'LoadCheckpointHook', 'PretrainedRecordHook',
-    'TrainableParamsHook', 'WeightsOnlyCheckpointHook'
-]
+__all__ = ['AtomicCheckpointHook', 'FiniteLossHook', 'LoadCheckpointHook',
+           'PretrainedRecordHook', 'TrainableParamsHook', 'WeightsOnlyCheckpointHook']

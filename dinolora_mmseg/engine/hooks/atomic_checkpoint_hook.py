@@ -1,6 +1,7 @@
 import contextlib
 import os
 import os.path as osp
+from pathlib import Path
 from typing import List, Tuple
 
 from mmengine.dist import is_main_process
@@ -19,37 +20,20 @@ class _DeferredRemovals:
         self.calls: List[Tuple[str, str]] = []
 
     def __getattr__(self, name):
+        if name in ('remove', 'rmtree'):
+            return lambda path: self.calls.append((name, path))
         return getattr(self.backend, name)
-
-    def remove(self, path: str) -> None:
-        self.calls.append(('remove', path))
-
-    def rmtree(self, path: str) -> None:
-        self.calls.append(('rmtree', path))
 
 
 @HOOKS.register_module()
 class AtomicCheckpointHook(CheckpointHook):
     """MMEngine's ``CheckpointHook`` that never leaves a run without a complete checkpoint.
 
-    The stock hook removes the outdated checkpoint (``max_keep_ckpts``, the previous
-    best) before it writes the new one, writes through a backend that truncates the file
-    in place, and writes ``last_checkpoint`` with a plain ``open`` (following a link
-    there): with ``max_keep_ckpts=1`` a run killed while saving keeps no checkpoint. This
-    hook, with the same arguments, on MMEngine's public hook methods:
-
-    - saves through :class:`~dinolora_mmseg.engine.checkpoint_io.AtomicLocalBackend`
-      (``backend_args=dict(backend='dinolora_atomic_local')``, registered under that
-      name when the hook is built) unless ``backend_args``, ``file_client_args`` or a
-      remote ``out_dir`` are given: each checkpoint is complete or absent;
-    - runs the removals of outdated checkpoints (which the stock hook asks of its
-      ``file_backend``) only after the save, the new checkpoint and ``last_checkpoint``
-      complete; a save that fails removes nothing (one checkpoint too many, never one
-      too few);
-    - replaces a link at ``last_checkpoint`` by a file, never writing through it;
-    - removes, when training starts, the temporary files of a save that was killed;
-    - when a save fails (a full disk...), names the file and the checkpoint that
-      ``last_checkpoint`` still names, from which ``--resume`` goes on.
+    The stock hook removes outdated checkpoints before it writes the new one, truncates
+    files in place and writes through a link at ``last_checkpoint``. This one saves through
+    :class:`~dinolora_mmseg.engine.checkpoint_io.AtomicLocalBackend` (unless
+    ``backend_args``, ``file_client_args`` or a remote ``out_dir`` are given) and removes
+    only after a save completed; see docs/reliability.md.
 
     Args:
         **kwargs: Those of MMEngine's ``CheckpointHook``.
@@ -94,14 +78,11 @@ class AtomicCheckpointHook(CheckpointHook):
         deferred = backend if isinstance(backend, _DeferredRemovals) else _DeferredRemovals(None)
         try:
             yield
-        except OSError as error:
-            deferred.calls.clear()
-            if error.errno is None:
-                raise
-            raise OSError(error.errno, f'{error.strerror}; {self._resume_hint(runner)}') \
-                from error
-        except BaseException:
-            deferred.calls.clear()
+        except BaseException as error:
+            deferred.calls.clear()  # a failed save removes nothing
+            if isinstance(error, OSError) and error.errno is not None:
+                raise OSError(error.errno, f'{error.strerror}; {self._resume_hint(runner)}') \
+                    from error
             raise
         kept = {self.last_ckpt, getattr(self, 'best_ckpt_path', None),
                 *(getattr(self, 'best_ckpt_path_dict', None) or {}).values()}
@@ -115,6 +96,5 @@ class AtomicCheckpointHook(CheckpointHook):
         pointer = osp.join(runner.work_dir, 'last_checkpoint')
         if not osp.isfile(pointer):
             return 'no earlier checkpoint of this run is complete'
-        with open(pointer) as f:
-            return (f'{pointer} still names {f.read().strip()}: fix the cause and go on from '
-                    'there with --resume')
+        return (f'{pointer} still names {Path(pointer).read_text().strip()}: fix the cause '
+                'and go on from there with --resume')

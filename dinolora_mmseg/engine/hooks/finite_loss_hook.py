@@ -9,9 +9,8 @@ class FiniteLossHook(Hook):
     """Stop training at the first NaN or infinite loss, naming the iteration and ranks.
 
     Runs before the checkpoint hook of the same iteration, so weights spoiled by a
-    non-finite update never reach a checkpoint; the last checkpoint stays the newest.
-    In a multi-process run the ranks agree (one all-reduce of a flag per iteration)
-    and all stop at the same iteration, whichever rank saw the non-finite loss.
+    non-finite update never reach a checkpoint. The ranks agree (one all-reduce of a
+    flag per iteration) and all stop at the same iteration.
     """
 
     priority = 'ABOVE_NORMAL'

@@ -11,13 +11,10 @@ class PretrainedRecordHook(Hook):
     """Record in every checkpoint which pretrained weights its adapters were trained on,
     and refuse to load a checkpoint onto other ones.
 
-    Checkpoints leave the frozen backbone out; it comes from the backbone's
-    ``pretrained`` file again. Saving writes the file and its fingerprint into
-    ``checkpoint['meta']['pretrained_weights']``; loading (``load_from``,
-    ``tools/test.py``, ``--resume``) compares them with the file this model loaded
-    (:func:`~dinolora_mmseg.models.backbones.frozen_pretrained.check_pretrained_records`),
-    before any weight is restored. ``model.backbone.verify_pretrained=False`` loads
-    anyway.
+    Checkpoints leave the frozen backbone out; it comes from the ``pretrained`` file again.
+    Saving writes that file and its fingerprint into ``meta['pretrained_weights']``; loading
+    compares them with the file this model loaded, before any weight is restored
+    (``model.backbone.verify_pretrained=False`` loads anyway).
     """
 
     priority = 'VERY_HIGH'  # checked before other hooks act on the loaded checkpoint

@@ -5,11 +5,14 @@ from mmengine.hooks import Hook
 from mmengine.logging import HistoryBuffer
 from mmseg.registry import HOOKS
 
-_BUFFER_KEYS = ('log_history', 'count_history', 'max_length')
+BUFFER_FIELDS = {'log_history', 'count_history', 'max_length'}
 
 
 def _plain(value: Any) -> Any:
-    """``value`` with numpy scalars and arrays turned into Python numbers and lists."""
+    """``value`` with ``HistoryBuffer`` objects as dicts, numpy values as numbers and lists."""
+    if isinstance(value, HistoryBuffer):
+        return dict(log_history=value.data[0].tolist(), count_history=value.data[1].tolist(),
+                    max_length=value.max_length)
     if isinstance(value, dict):
         return type(value)((k, _plain(v)) for k, v in value.items())
     if isinstance(value, (list, tuple)):
@@ -24,22 +27,13 @@ class WeightsOnlyCheckpointHook(Hook):
     """Write checkpoints that ``torch.load(weights_only=True)`` reads.
 
     MMEngine stores its message hub as ``HistoryBuffer`` objects and numpy values, which
-    torch >= 2.6 refuses to unpickle by default (and allow-listing them would also admit
-    ``getattr``). This hook saves them as plain lists and numbers and rebuilds the
-    buffers when a run resumes, so ``tools/test.py`` and ``--resume`` load the
-    project's own checkpoints without turning weights-only loading off.
+    weights-only loading refuses (allow-listing them would also admit ``getattr``). This
+    hook saves them as plain lists and numbers and rebuilds the buffers on resume.
     """
 
     priority = 'VERY_LOW'
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        hub = checkpoint.get('message_hub')
-        if hub is not None:
-            hub['log_scalars'] = {
-                key: dict(log_history=buffer.data[0].tolist(),
-                          count_history=buffer.data[1].tolist(),
-                          max_length=buffer.max_length)
-                for key, buffer in hub['log_scalars'].items()}
         for key in ('meta', 'message_hub', 'param_schedulers'):
             if key in checkpoint:
                 checkpoint[key] = _plain(checkpoint[key])
@@ -47,5 +41,5 @@ class WeightsOnlyCheckpointHook(Hook):
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         scalars = checkpoint.get('message_hub', {}).get('log_scalars', {})
         for key, value in scalars.items():
-            if isinstance(value, dict) and set(value) == set(_BUFFER_KEYS):
+            if isinstance(value, dict) and set(value) == BUFFER_FIELDS:
                 scalars[key] = HistoryBuffer(**value)

@@ -16,18 +16,13 @@ MIN_BF16_SPEED = 0.1
 
 def matmul_rates(size: int = 256) -> Tuple[float, float]:
     """GFLOP/s of a ``size`` x ``size`` CPU matrix product in bfloat16 and in float32."""
-    cpu = torch.device('cpu')
-    return (matmul_rate(cpu, torch.bfloat16, size, repeats=3),
-            matmul_rate(cpu, torch.float32, size, repeats=3))
+    return tuple(matmul_rate(torch.device('cpu'), dtype, size, repeats=3)
+                 for dtype in (torch.bfloat16, torch.float32))
 
 
 def check_cpu_bfloat16_speed() -> None:
-    """Refuse bfloat16 autocast on a CPU that emulates bfloat16 products.
-
-    Raises:
-        RuntimeError: The measured bfloat16 rate is below ``MIN_BF16_SPEED`` of the
-            float32 rate; the message gives both.
-    """
+    """Refuse bfloat16 autocast (``RuntimeError``, giving both rates) on a CPU whose
+    bfloat16 products run below ``MIN_BF16_SPEED`` of the float32 rate."""
     bf16, fp32 = matmul_rates()
     if bf16 < MIN_BF16_SPEED * fp32:
         raise RuntimeError(
@@ -46,17 +41,13 @@ def check_cpu_bfloat16_speed() -> None:
 class BF16OptimWrapper(OptimWrapper):
     """An ``OptimWrapper`` whose forward passes run under bfloat16 autocast.
 
-    MMEngine's ``AmpOptimWrapper`` refuses to run without a GPU and adds a
-    ``GradScaler`` even for bfloat16, which needs no loss scaling (it has float32's
-    exponent range), so this wrapper only adds ``torch.autocast`` on the model's device.
-    ``tools/train.py --amp`` uses it on CPUs and on GPUs with bfloat16
-    (:func:`~dinolora_mmseg.engine.precision.use_amp`); weights, gradients and
-    optimizer state stay float32. On a CPU it first measures the
-    bfloat16 matrix-product rate and refuses to run where bfloat16 is emulated.
+    MMEngine's ``AmpOptimWrapper`` refuses to run without a GPU and adds a ``GradScaler``
+    even for bfloat16, which has float32's exponent range. Weights, gradients and
+    optimizer state stay float32.
 
     Args:
-        check_bf16_speed (bool): On a CPU, refuse where bfloat16 products run below a
-            tenth of the float32 rate (measured in well under a second).
+        check_bf16_speed (bool): On a CPU, refuse where bfloat16 is emulated
+            (:func:`check_cpu_bfloat16_speed`).
         *args, **kwargs: :class:`OptimWrapper` arguments.
     """
 

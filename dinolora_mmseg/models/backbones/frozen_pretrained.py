@@ -8,7 +8,7 @@ import torch
 from mmengine.logging import print_log
 from torch import nn
 
-from ...utils.fingerprint import file_fingerprint
+from ...utils.integrity import file_fingerprint
 from ...utils.weights import cached_download, is_url, load_weights
 
 RECORD_KEY = 'pretrained_weights'
