@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
 import mmcv
+import numpy as np
 from PIL import Image
 
 JPEG_START, JPEG_END = b'\xff\xd8', b'\xff\xd9'
@@ -30,14 +31,27 @@ class ImageLoader:
 
     @property
     def applies_exif_orientation(self) -> bool:
-        """``mmcv.imfrombytes`` turns images by their EXIF orientation with the cv2 and
-        pillow backends for the 'color' and 'grayscale' flags, never otherwise."""
+        """Whether ``mmcv.imfrombytes`` turns images by their EXIF orientation."""
         return self.flag in ('color', 'grayscale') and self.backend in ('cv2', 'pillow')
 
-    def decode(self, path: str):
-        """The image as the loader decodes it (None if it cannot)."""
+    def decode(self, path: str) -> np.ndarray:
+        """The image as the loader decodes it.
+
+        Raises:
+            UnreadableFile: The file is empty, truncated or does not decode.
+        """
+        problem = file_problem(path)
+        if problem:
+            raise UnreadableFile(problem)
         with open(path, 'rb') as f:
-            return mmcv.imfrombytes(f.read(), flag=self.flag, backend=self.backend)
+            content = f.read()
+        try:
+            image = mmcv.imfrombytes(content, flag=self.flag, backend=self.backend)
+        except Exception as error:
+            raise UnreadableFile(f'cannot be decoded as an image ({error})') from None
+        if image is None:
+            raise UnreadableFile(f'cannot be decoded as an image ({self.backend})')
+        return image
 
 
 class ImageSize(NamedTuple):
@@ -47,9 +61,8 @@ class ImageSize(NamedTuple):
 
 
 def file_problem(path: str) -> Optional[str]:
-    """What is wrong with the bytes of ``path`` that shows without decoding: an empty
-    file, or a JPEG or PNG cut short (OpenCV decodes such files in part and fills the
-    rest with grey). None if nothing is."""
+    """An empty file, or a JPEG or PNG cut short (OpenCV decodes such files in part and
+    fills the rest with grey); None if the bytes show neither."""
     size = os.path.getsize(path)
     if size == 0:
         return 'empty file (0 bytes)'
@@ -80,21 +93,12 @@ def image_size(path: str, loader: ImageLoader) -> ImageSize:
             turned = (loader.applies_exif_orientation
                       and image.getexif().get(EXIF_ORIENTATION) in SIDEWAYS)
     except Exception:  # a format Pillow does not know: ask the loader itself
-        try:
-            decoded = loader.decode(path)
-        except Exception as error:
-            raise UnreadableFile(f'cannot be decoded as an image ({error})') from None
-        if decoded is None:
-            raise UnreadableFile(f'cannot be decoded as an image ({loader.backend})')
-        return ImageSize(*decoded.shape[:2], exif_turned=False)
+        return ImageSize(*loader.decode(path).shape[:2], exif_turned=False)
     return ImageSize(width, height, True) if turned else ImageSize(height, width, False)
 
 
-def check_image_file(path: str, loader: ImageLoader = ImageLoader()) -> ImageSize:
-    """Fail unless ``path`` is an image file ``loader`` reads whole.
-
-    Returns:
-        ImageSize: Its size as decoded.
+def read_image_file(path: str, loader: ImageLoader = ImageLoader()) -> np.ndarray:
+    """The image at ``path`` as ``loader`` decodes it (BGR for the default loader).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -103,6 +107,6 @@ def check_image_file(path: str, loader: ImageLoader = ImageLoader()) -> ImageSiz
     if not os.path.isfile(path):
         raise FileNotFoundError(f'Image not found: {path}')
     try:
-        return image_size(path, loader)
+        return loader.decode(path)
     except UnreadableFile as problem:
         raise ValueError(f'{path}: {problem}') from None

@@ -1,14 +1,12 @@
-"""A label map read as stored and judged as ``LoadAnnotations`` will use it: one channel
-of whole numbers in 0..255 that become classes or the ignore index after the dataset's
-``reduce_zero_label`` and ``label_map``."""
+"""A label map read as stored and judged as ``LoadAnnotations`` will use it: one channel of
+0..255 that become classes or the ignore index after ``reduce_zero_label`` and ``label_map``."""
 from dataclasses import dataclass
 from typing import NamedTuple, Tuple
 
-import mmcv
 import numpy as np
 from PIL import Image
 
-from .image_file import UnreadableFile, file_problem
+from .image_file import ImageLoader, UnreadableFile
 
 
 @dataclass(frozen=True)
@@ -62,17 +60,7 @@ def _mode(path: str) -> str:
 
 
 def _as_stored(path: str, rules: LabelRules) -> np.ndarray:
-    problem = file_problem(path)
-    if problem:
-        raise UnreadableFile(problem)
-    with open(path, 'rb') as f:
-        content = f.read()
-    try:
-        label = mmcv.imfrombytes(content, flag='unchanged', backend=rules.backend)
-    except Exception as error:
-        raise UnreadableFile(f'cannot be decoded as an image ({error})') from None
-    if label is None:
-        raise UnreadableFile(f'cannot be decoded as an image ({rules.backend})')
+    label = ImageLoader('unchanged', rules.backend).decode(path)
     if label.ndim == 3 and label.shape[2] > 1:
         mode = _mode(path)
         note = (f"; LoadAnnotations(imdecode_backend='{rules.backend}') reads palette PNGs "
