@@ -1,10 +1,5 @@
-"""Datasets inside dataset wrappers (``ConcatDataset``, ``RepeatDataset``,
-``ClassBalancedDataset``, ``MultiImageMixDataset``), as configs and as built objects.
-
-A wrapper holds its datasets under ``datasets`` (a list) or ``dataset``; the datasets
-that read files are the leaves. Each leaf is named by its path from the dataloader,
-e.g. ``train_dataloader.dataset.datasets[1]``, the same for a config and its build.
-"""
+"""The datasets inside dataset wrappers (under ``datasets`` or ``dataset``), as configs and
+built, named by their path, e.g. ``train_dataloader.dataset.datasets[1]``."""
 from typing import Any, Iterator, Tuple
 
 
@@ -29,8 +24,7 @@ def leaf_configs(dataset_cfg: dict, name: str) -> Iterator[Tuple[str, dict]]:
         name (str): Its name, e.g. ``'train_dataloader.dataset'``.
 
     Yields:
-        tuple[str, dict]: (name, config) of each leaf, in order. Datasets given as
-        built objects inside a wrapper config are skipped.
+        tuple[str, dict]: (name, config) of each leaf, in order (built objects skipped).
     """
     children = list(_children(dataset_cfg, name, _config_get))
     if not children:

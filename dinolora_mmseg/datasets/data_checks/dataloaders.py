@@ -1,16 +1,5 @@
-"""Checks of the datasets of a config before a run, so bad data fails at once with an
-error that names the file and what is wrong with it.
-
-Without them a missing folder or file, an empty or truncated image, a label map of
-several channels, with values above 255 (cast to uint8 and wrapped) or of another size
-than its image, surfaces deep inside a data-loader worker as an error that names no
-file, or not at all: training runs on wrong labels and testing reports a wrong mIoU.
-
-Why next to the ``CheckSegMap`` pipeline step: the scan sees what that step cannot (a
-16-bit value above 255 already wrapped by ``LoadAnnotations``' uint8 cast, an image and
-label of different sizes, a truncated file) and lists every bad file before a model is
-built; ``CheckSegMap`` guards runs that do not go through this project's tools.
-"""
+"""Checks of a config's datasets before a run: bad data fails at once, naming the file and
+what is wrong with it (docs/reliability.md says what is checked and why)."""
 import copy
 import logging
 import os
@@ -55,10 +44,8 @@ def check_layout(cfg: Dict, name: str) -> None:
 
 
 def _unserialized(dataset_cfg: Dict) -> Dict:
-    """A copy of ``dataset_cfg`` whose datasets keep their sample lists unserialized:
-    MMEngine's serialization runs a full garbage collection per dataset (slow once torch
-    is loaded: docs/performance.md), which a check that builds the datasets only to list
-    them skips."""
+    """A copy of ``dataset_cfg`` with ``serialize_data=False`` for its datasets: MMEngine's
+    serialization runs a full garbage collection per dataset (docs/performance.md)."""
     dataset_cfg = copy.deepcopy(dataset_cfg)
     for _, leaf_cfg in leaf_configs(dataset_cfg, ''):
         dataset_type = leaf_cfg.get('type')
@@ -84,11 +71,12 @@ def _sample_paths(dataset, name: str) -> List[tuple]:
         for key in ('img_path', 'seg_map_path'):
             path = info.get(key)
             if path and not osp.isfile(path):
-                missing.append(f'{path} ({key} of sample {index}, listed in {listed_in})')
+                missing.append(f'{path} ({key} of sample {index}, listed in {listed_in}) '
+                               'does not exist')
         paths.append((info['img_path'], info.get('seg_map_path')))
     if missing:
         raise FileNotFoundError(f'{name}: {len(missing)} listed files do not exist:\n'
-                                + _listing([f'{m} does not exist' for m in missing]))
+                                + _listing(missing))
     return paths
 
 
@@ -100,8 +88,7 @@ class LeafResult(NamedTuple):
 
 
 def _log(message: str, level: int = logging.INFO) -> None:
-    """Log on the first process only (of a launch without a process group, every process
-    runs the checks)."""
+    """Log on the first process only (without a process group every process checks)."""
     if os.environ.get('RANK', '0') == '0':
         print_log(message, logger='current', level=level)
 
@@ -129,14 +116,12 @@ def _check_leaf(dataset, name: str) -> LeafResult:
 def check_dataset(dataset_cfg: Dict, name: str, default_scope: str = 'mmseg') -> int:
     """Check a dataloader's dataset (wrappers too) and every file its samples list.
 
-    Errors stop the run; a label map with no labelled pixel (only the ignore index) is
-    legal in MMSeg and logged as a warning with the count of such maps, unless all are.
+    A label map with no labelled pixel is legal in MMSeg: a warning, unless all are.
 
     Args:
         dataset_cfg (dict): The ``dataset`` entry of a dataloader config.
         name (str): Which dataloader it belongs to, for the messages.
-        default_scope (str): Registry scope the dataset is built in (the config's
-            ``default_scope``).
+        default_scope (str): Registry scope the dataset is built in.
 
     Returns:
         int: The number of samples.
@@ -170,12 +155,8 @@ def check_dataset(dataset_cfg: Dict, name: str, default_scope: str = 'mmseg') ->
 def on_first_rank(check: Callable[[], T]) -> T:
     """Run ``check`` on global rank 0 only and give every rank its result, or its error.
 
-    With a process group of several ranks (``tools/train.py`` and ``tools/test.py``
-    create it before they check the data), rank 0 runs ``check`` and broadcasts what it
-    returned or the error it raised; every other rank returns the same value or raises
-    an error of the same type with the same message (a ``FileNotFoundError`` or
-    ``ValueError`` about the data; any other error as a ``RuntimeError`` naming it).
-    Without a process group ``check`` simply runs.
+    Other ranks raise a ``FileNotFoundError`` or ``ValueError`` of rank 0 as the same type
+    with the same message, any other error as a ``RuntimeError`` naming it.
 
     Args:
         check (callable): Takes no argument; its result must be picklable.
@@ -203,10 +184,8 @@ def on_first_rank(check: Callable[[], T]) -> T:
 
 
 def check_dataloaders(cfg, names=('train_dataloader', 'val_dataloader')) -> Dict[str, int]:
-    """:func:`check_dataset` for the named dataloaders the config has, built in the
-    config's ``default_scope`` (``'mmseg'`` if it has none), on global rank 0 only when
-    a process group exists (:func:`on_first_rank`): the files are opened once per job,
-    not once per process.
+    """:func:`check_dataset` for the named dataloaders the config has, on global rank 0
+    only (:func:`on_first_rank`): the files are opened once per job.
 
     Returns:
         dict: dataloader name -> number of samples (on every rank).
@@ -219,7 +198,7 @@ def check_dataloaders(cfg, names=('train_dataloader', 'val_dataloader')) -> Dict
 
 def check_test_dataloader(cfg, launcher: str) -> int:
     """:func:`check_dataloaders` for ``test_dataloader``, refusing more processes than
-    test images (every process of a distributed test needs at least one).
+    test images.
 
     Args:
         cfg (Config): The config.

@@ -38,24 +38,13 @@ MIN_SIZE = 4
 class ImageCorruption(BaseTransform):
     """Corrupt ``results['img']`` with an ImageNet-C corruption at severity 1 to 5.
 
-    Put it right after ``LoadImageFromFile`` in a test pipeline. The corruptions are
-    those of the ``imagecorruptions`` package (Michaelis et al., 2019), ImageNet-C's
-    code and parameters made to work on images of any size (4 px and more): pixel-sized
-    effects (noise, blur radii, snow flakes) keep their size whatever the image size;
-    frost textures are cropped at their native size (as ImageNet-C does for its 224 px
-    images) and enlarged to 1.1x the image where the image is larger than them;
-    ``motion_blur`` is a numpy version of ImageNet-C's ImageMagick blur and
-    ``elastic_transform`` scales its displacements with the image size. The BGR image
-    of MMCV is corrupted as RGB, as the corruptions are defined; a grey image is
-    corrupted as its RGB copy and turned back into grey (luma).
-
-    The result is deterministic: the random numbers of each image come from a seed made
-    of ``seed``, the file name of ``results['img_path']`` (the image bytes when there is
-    no path), ``corruption`` and ``severity`` by CRC-32, so every run, process and
-    dataloader worker gets the same pixels, different images get different noise, and
-    the numbers do not depend on where the data lies. Numpy's global random state, which
-    most corruptions draw from, is restored afterwards. Only ``results['img']`` changes
-    (same shape, uint8); label maps are left alone.
+    Put it right after ``LoadImageFromFile`` in a test pipeline (docs/robustness.md).
+    The corruptions are those of the ``imagecorruptions`` package (Michaelis et al.,
+    2019), on images of 4 px and more. MMCV's BGR image is corrupted as RGB; a grey
+    image as its RGB copy, turned back into grey (luma). Each image's random numbers
+    come from a CRC-32 of ``seed``, the file name of ``results['img_path']`` (else the
+    image bytes), ``corruption`` and ``severity``: the same pixels in every run, process
+    and worker, wherever the data lies. Numpy's global random state is restored.
 
     Args:
         corruption (str): One of :data:`IMAGENET_C_CORRUPTIONS` (the 15 of the
