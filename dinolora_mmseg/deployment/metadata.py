@@ -1,18 +1,9 @@
-"""What an exported file carries besides its graph: the classes and palette for
-overlays, and the preprocessing that the graph leaves to its caller (resizing, padding).
-
-Every value is JSON text under its key in the ONNX file's ``metadata_props``:
-
-- ``classes``, ``palette``: class names and their RGB colours.
-- ``resize``: the config's test-pipeline ``Resize`` as ``{"scale": [w, h],
-  "keep_ratio": bool, "interpolation": str}``, or null if it has none.
-- ``size_divisor``: input sides must be multiples of it (the backbone's patch size or
-  the data preprocessor's ``size_divisor``).
-- ``pad_value``: the RGB colour that pads an image to the input size; it becomes the
-  data preprocessor's ``pad_val`` after normalisation.
-- ``align_corners``: how the logits are resized (bilinear) to the image's size.
-- ``source``: the config and checkpoint the file was exported from.
-"""
+"""What an exported file carries besides its graph, as JSON text under each key of its
+``metadata_props``: ``classes`` and ``palette`` (RGB); ``resize``, the test pipeline's
+``Resize`` (:func:`test_resize`) or null; ``size_divisor`` of the input sides;
+``pad_value``, the RGB colour that pads the input (the data preprocessor's ``pad_val``
+after normalisation); ``align_corners`` of the bilinear resize of the logits; ``source``,
+the config and checkpoint."""
 import json
 import os.path as osp
 from typing import Dict, List, Optional
@@ -51,8 +42,8 @@ def test_resize(cfg: Config) -> Optional[Dict]:
 
 
 def dataset_meta(cfg: Config, meta: Dict, num_classes: int) -> Dict[str, List]:
-    """Class names and palette: the checkpoint's ``meta['dataset_meta']`` (as the training
-    tools write it), else the test dataset's ``METAINFO``.
+    """Class names and palette: the checkpoint's ``meta['dataset_meta']``, else the test
+    dataset's ``METAINFO``.
 
     Raises:
         ValueError: There are no classes or palette, or not ``num_classes`` of them.
@@ -71,8 +62,7 @@ def dataset_meta(cfg: Config, meta: Dict, num_classes: int) -> Dict[str, List]:
 
 
 def input_divisor(model: EncoderDecoder) -> int:
-    """What the input sides must be multiples of: the data preprocessor's test-time
-    ``size_divisor`` if it has one, else the backbone's patch size, else 1."""
+    """The data preprocessor's test-time ``size_divisor``, else the patch size, else 1."""
     test_cfg = getattr(model.data_preprocessor, 'test_cfg', None) or {}
     return int(test_cfg.get('size_divisor') or getattr(model.backbone, 'patch_size', 1))
 
@@ -90,7 +80,7 @@ def pad_colour(model: EncoderDecoder) -> List[float]:
 
 def deploy_metadata(cfg: Config, model: EncoderDecoder, meta: Dict,
                     checkpoint: str) -> Dict[str, str]:
-    """The metadata of the exported file of ``model`` (see the module's docstring).
+    """The metadata of the exported file of ``model`` (key -> JSON text).
 
     Args:
         cfg (Config): The config the model was built from.

@@ -1,10 +1,5 @@
-"""ONNX export of a :class:`SegmentorGraph` and the check that onnxruntime computes it.
-
-The file's input ``image`` is ``(B, 3, H, W)`` float32 RGB in 0..255 and its output
-``logits`` is ``(B, num_classes, H, W)`` float32; the batch size is free. At a fixed
-``(H, W)`` the backbone's position tables are constants of the file; with
-``dynamic=True`` ``H`` and ``W`` are any multiples of the size divisor.
-"""
+"""ONNX export of a :class:`SegmentorGraph` and the check that onnxruntime computes it
+(the file's format: docs/deployment.md)."""
 import contextlib
 import json
 import os
@@ -18,6 +13,7 @@ import torch
 from mmseg.models.decode_heads import Mask2FormerHead
 from mmseg.models.utils import Upsample
 
+from ..datasets.data_checks import read_image_file
 from ..models.backbones.dinov2 import DINOv2
 from .segmentor_graph import SegmentorGraph, fix_position_tables
 
@@ -30,8 +26,8 @@ def onnxruntime_session(path: str, threads: Optional[int] = None, arena: bool = 
     Args:
         path (str): The ``.onnx`` file.
         threads (int, optional): Intra-op threads; default onnxruntime's choice.
-        arena (bool): onnxruntime's CPU memory arena, which keeps the memory of a run
-            for the next; without it memory is freed after each run.
+        arena (bool): onnxruntime's CPU memory arena (without it, memory is freed after
+            each run).
     """
     import onnxruntime
     options = onnxruntime.SessionOptions()
@@ -43,11 +39,7 @@ def onnxruntime_session(path: str, threads: Optional[int] = None, arena: bool = 
 
 
 def check_exportable(graph: SegmentorGraph) -> None:
-    """Refuse models that ``torch.export`` cannot trace.
-
-    Raises:
-        ValueError: A Mask2Former head; the message says why and what runs instead.
-    """
+    """Refuse a Mask2Former head, which ``torch.export`` cannot trace (ValueError)."""
     if isinstance(graph.segmentor.decode_head, Mask2FormerHead):
         raise ValueError(
             'ONNX export of Mask2Former is not supported: mmdet\'s pixel decoder '
@@ -58,11 +50,8 @@ def check_exportable(graph: SegmentorGraph) -> None:
 
 
 def check_dynamic_support(graph: SegmentorGraph) -> None:
-    """Refuse ``--dynamic`` for models with an operator the exporter fixes at one size.
-
-    Raises:
-        ValueError: Names the operator and what to do instead.
-    """
+    """Refuse ``--dynamic`` for a model with an operator the exporter fixes at one size
+    (ValueError naming it)."""
     upsamples = [name for name, m in graph.named_modules()
                  if isinstance(m, Upsample) and m.size is None]
     if upsamples:
@@ -83,22 +72,18 @@ def check_dynamic_support(graph: SegmentorGraph) -> None:
 
 
 def export_onnx(graph: SegmentorGraph, example: torch.Tensor, dynamic: bool, size_divisor: int):
-    """Export ``graph`` with ``torch.onnx.export(dynamo=True)``; the ONNX program.
-
-    At a fixed size the position tables of the backbone are precomputed for
-    ``example``'s size first (``graph`` is changed in place).
+    """The ONNX program of ``graph`` (``torch.onnx.export(dynamo=True)``), the batch size
+    free; at a fixed size the backbone's position tables become constants (in place).
 
     Args:
         graph (SegmentorGraph): The model to export.
-        example (torch.Tensor): ``(B, 3, H, W)`` input at the export size (the batch size
-            of the file is free whatever ``B`` is).
+        example (torch.Tensor): ``(B, 3, H, W)`` input at the export size.
         dynamic (bool): Free ``H`` and ``W`` (multiples of ``size_divisor``).
         size_divisor (int): What the input sides must be multiples of when ``dynamic``.
 
     Raises:
-        ValueError: A model that does not export (:func:`check_exportable`), ``dynamic``
-            for a model that cannot support it (:func:`check_dynamic_support`), or the
-            exporter could not keep the size symbolic (the message has its reason).
+        ValueError: :func:`check_exportable`, :func:`check_dynamic_support`, or the
+            exporter could not keep the size symbolic (with its reason).
     """
     check_exportable(graph)
     if example.shape[0] == 1:  # torch.export fixes dimensions of size 1
@@ -127,11 +112,10 @@ def export_onnx(graph: SegmentorGraph, example: torch.Tensor, dynamic: bool, siz
 @contextlib.contextmanager
 def staged_onnx(program, out: str, metadata: Dict[str, str]) -> Iterator[str]:
     """Write the ONNX program with ``metadata`` (key -> JSON text) to a temporary folder
-    next to ``out``; yield the temporary file to check; then move it onto ``out``.
+    next to ``out``; yield that file to check; then move it onto ``out``.
 
-    Models over 2 GB keep their weights in ``out + '.data'`` next to it (ONNX's limit
-    for one file), moved into place before the model. If the block raises, nothing
-    is moved and an existing ``out`` is left as it was.
+    Weights over ONNX's 2 GB go to ``out + '.data'``, moved into place first. If the
+    block raises, nothing is moved.
     """
     for key, value in metadata.items():
         program.model.metadata_props[key] = value
@@ -154,17 +138,11 @@ def read_metadata(session) -> Dict:
 
 
 def sample_images(size: Sequence[int], batch: int, path: Optional[str] = None) -> torch.Tensor:
-    """``(batch, 3, H, W)`` float32 RGB photos to compare runtimes on.
-
-    ``path`` (any image file) or photos that ship with scikit-image (astronaut, coffee,
-    chelsea, rocket), resized to ``size``.
-    """
+    """``(batch, 3, H, W)`` float32 RGB photos to compare runtimes on: ``path`` or
+    scikit-image's, resized to ``size``."""
     import cv2
     if path is not None:
-        bgr = cv2.imread(path)
-        if bgr is None:
-            raise ValueError(f'{path}: cannot be read as an image')
-        photos = [bgr[..., ::-1]] * batch
+        photos = [read_image_file(path)[..., ::-1]] * batch
     else:
         import skimage.data
         names = ('astronaut', 'coffee', 'chelsea', 'rocket')
@@ -194,12 +172,11 @@ def max_logit_difference(session, graph: SegmentorGraph, images: torch.Tensor,
 
 def check_second_size(session, graph: SegmentorGraph, images: torch.Tensor,
                       size_divisor: int, tolerance: float) -> Tuple[Tuple[int, int], float]:
-    """Check a dynamic export at another size and batch: the export size plus one and
-    two ``size_divisor`` steps, two images. Returns that size and the difference.
+    """Check a dynamic export one and two ``size_divisor`` steps larger, with two images;
+    that size and the difference.
 
     Raises:
-        ValueError: onnxruntime fails there (the message names its node) or differs
-            from PyTorch by more than ``tolerance``.
+        ValueError: onnxruntime fails there or differs by more than ``tolerance``.
     """
     H, W = images.shape[2:]
     size = (H + size_divisor, W + 2 * size_divisor)

@@ -1,11 +1,4 @@
-"""A trained segmentor as one tensor function for deployment: RGB images in, logits out.
-
-:func:`build_deploy_segmentor` loads a config and checkpoint and turns the model into
-what export and compilation need: LoRA adapters folded into plain ``nn.Linear`` layers
-(no adapter tensors left), SyncBN as BN, float32 weights, evaluation mode.
-:class:`SegmentorGraph` adds the data preprocessor's channel order and normalisation
-in front, so that its input is an RGB image batch as read from files.
-"""
+"""A trained segmentor as one tensor function for deployment: RGB images in, logits out."""
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
@@ -26,15 +19,9 @@ from ..utils.checkpoint_file import is_trusted
 
 def class_scores(head: Union[BaseDecodeHead, Mask2FormerHead], feats: Sequence[torch.Tensor],
                  size: Sequence[int]) -> torch.Tensor:
-    """The per-pixel class scores ``(B, num_classes, *size)`` of a decode head on the
-    features ``feats``, at ``size`` (the padded input's), as the head's ``predict``
-    computes them.
-
-    A per-pixel head's ``forward`` logits are resized bilinearly with its
-    ``align_corners``. Mask2Former's are its semantic combination of the last decoder
-    layer: the query masks resized bilinearly to ``size``, then per class the sum over
-    queries of the class probability (softmax without the no-object class) times the
-    mask probability (sigmoid).
+    """The class scores ``(B, num_classes, *size)`` of a decode head on ``feats``, as the
+    head's ``predict`` computes them (Mask2Former: its semantic combination of the last
+    decoder layer's class and mask probabilities).
 
     Args:
         head (BaseDecodeHead | Mask2FormerHead): The segmentor's decode head.
@@ -54,18 +41,15 @@ def class_scores(head: Union[BaseDecodeHead, Mask2FormerHead], feats: Sequence[t
 class SegmentorGraph(nn.Module):
     """``logits = graph(images)`` for an ``EncoderDecoder`` in ``'whole'`` test mode.
 
-    ``images`` are ``(B, 3, H, W)`` float32 RGB values in 0..255; ``logits`` are
-    ``(B, num_classes, H, W)`` float32, the decode head's :func:`class_scores` at the
-    input's size, as ``EncoderDecoder.encode_decode`` returns them for an input that the
-    data preprocessor has converted and normalised.
+    ``images`` are ``(B, 3, H, W)`` float32 RGB in 0..255; ``logits`` are what
+    ``encode_decode`` returns for them after the data preprocessor.
 
     Args:
         segmentor (EncoderDecoder): The model, in evaluation mode.
-        mean (Sequence[float], optional): Per-channel mean of the data preprocessor, in
-            the channel order the model sees; None for no normalisation.
-        std (Sequence[float], optional): Per-channel standard deviation, likewise.
-        model_sees_rgb (bool): Whether the model was trained on RGB inputs (the data
-            preprocessor's ``bgr_to_rgb``); otherwise the channels are reversed first.
+        mean (Sequence[float], optional): The data preprocessor's mean, in the model's
+            channel order; None for no normalisation.
+        std (Sequence[float], optional): Its standard deviation, likewise.
+        model_sees_rgb (bool): The data preprocessor's ``bgr_to_rgb``.
     """
 
     def __init__(self, segmentor: EncoderDecoder, mean: Optional[Sequence[float]],
@@ -87,8 +71,7 @@ class SegmentorGraph(nn.Module):
 
 
 class FixedGridTable:
-    """Stands in for a method that computes position information for a patch grid,
-    returning what it computed once for one grid.
+    """Stands in for a method of a patch grid's positions: its result for one grid.
 
     Args:
         value: The method's result for ``grid``.
@@ -108,11 +91,8 @@ class FixedGridTable:
 
 @torch.no_grad()
 def fix_position_tables(backbone: nn.Module, image_size: Sequence[int]) -> None:
-    """Precompute a DINO backbone's positions for one input size, in place.
-
-    DINOv2's resized position embedding and DINOv3's RoPE sin/cos tables become
-    constants of the model for the patch grid of ``image_size``; other backbones are
-    left as they are.
+    """Make a DINO backbone's position embedding or RoPE tables constants for one input
+    size, in place; other backbones are left as they are.
 
     Args:
         backbone (nn.Module): The segmentor's backbone.
@@ -131,12 +111,8 @@ def fix_position_tables(backbone: nn.Module, image_size: Sequence[int]) -> None:
 
 
 def check_deployable(cfg: Config, model: nn.Module) -> None:
-    """Refuse models whose test-time computation a :class:`SegmentorGraph` is not.
-
-    Raises:
-        ValueError: Not an ``EncoderDecoder`` (or a subclass), a sliding-window test mode,
-            or a binary (one output channel) decode head; the message says what to do.
-    """
+    """Refuse a model that is not an ``EncoderDecoder`` in ``'whole'`` mode with a
+    multi-class head (ValueError saying what to do)."""
     name = cfg.filename or 'the config'
     if not isinstance(model, EncoderDecoder) or type(model).encode_decode is not (
             EncoderDecoder.encode_decode):
@@ -153,14 +129,8 @@ def check_deployable(cfg: Config, model: nn.Module) -> None:
 
 
 def build_deploy_segmentor(cfg: Config, checkpoint: str) -> Tuple[EncoderDecoder, Dict]:
-    """Build the model of ``cfg`` with ``checkpoint`` (:func:`build_model`) and prepare
-    it for export.
-
-    Returns:
-        tuple: ``(model, meta)``: the model without LoRA adapters (folded into the
-        weights), with BN for SyncBN, in float32 and evaluation mode; the checkpoint's
-        ``dataset_meta`` as ``{'dataset_meta': ...}`` (``{}`` if it has none).
-    """
+    """The model of ``cfg`` with ``checkpoint`` (:func:`build_model`), LoRA folded, BN for
+    SyncBN, float32, in eval mode; and ``{'dataset_meta': ...}`` (``{}`` if it has none)."""
     model = build_model(cfg)
     check_deployable(cfg, model)
     load_model_checkpoint(model, checkpoint, trusted=is_trusted(cfg, checkpoint))
