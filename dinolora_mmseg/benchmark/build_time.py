@@ -8,6 +8,7 @@ import torch
 from mmseg.registry import MODELS
 
 from ..utils.weights import hub_cache_path, is_url
+from .report import time_ratios
 
 BUILD_VARIANTS = ('build', 'torch-load')
 
@@ -34,17 +35,15 @@ def time_build_variant(backbone_cfg: Dict, variant: str) -> float:
 
 
 def summarise_build_times(times: Dict[str, List[float]]) -> Dict:
-    """Median, min and max seconds of each variant, and build over ``torch.load``: of the
-    medians (``pooled``) and the median of each round's own ratio (``paired``).
+    """Median, min and max seconds of each variant, and build over ``torch.load``
+    (:func:`~.report.time_ratios`).
 
     Args:
         times (dict): Seconds of each round by variant (the same number of rounds).
     """
-    build, load = times['build'], times['torch-load']
+    rounds = {name: [dict(step_times_s=[t]) for t in values] for name, values in times.items()}
     return dict(
         variants={name: dict(median_s=statistics.median(values), min_s=min(values),
                              max_s=max(values), rounds_s=values)
                   for name, values in times.items()},
-        build_over_torch_load=dict(
-            pooled=statistics.median(build) / statistics.median(load),
-            paired=statistics.median(b / a for b, a in zip(build, load))))
+        build_over_torch_load=time_ratios(rounds, ['build'])['build/torch-load'])

@@ -37,8 +37,7 @@ def check_reference(cfg: Config, reference: str, img_size: Sequence[int],
 
     Raises:
         ImportError: ``timm-peft`` without the ``timm`` or ``peft`` package.
-        ValueError: The backbone is not DINOv2 or DINOv3, timm-peft or no-lora without
-            LoRA, or timm-peft with an image size that is not a multiple of the patch size.
+        ValueError: The reference cannot replace this model or image size (says why).
     """
     backbone = cfg.model.backbone
     if backbone.type not in BACKBONES:
@@ -125,8 +124,7 @@ def _dinov3_arch(backbone: Dict) -> Dict:
 
 
 def timm_dinov2(timm, backbone: Dict, img_size: Sequence[int]) -> nn.Module:
-    """timm's DINOv2 of a DINOv2 backbone config's arch and registers, its position
-    embedding built for ``img_size``."""
+    """timm's DINOv2 of a DINOv2 backbone config, its position embedding for ``img_size``."""
     arch, reg = backbone.get('arch', 'large'), backbone.get('num_register_tokens', 0)
     if isinstance(arch, str):
         name, sizes = TIMM_NAMES[arch], {}
@@ -139,9 +137,8 @@ def timm_dinov2(timm, backbone: Dict, img_size: Sequence[int]) -> nn.Module:
 
 
 def timm_dinov3(timm, backbone: Dict) -> nn.Module:
-    """timm's DINOv3 (``vit_*_patch16_dinov3[_qkvb]``) of a DINOv3 backbone config's arch
-    and storage tokens, the qkv bias added after the projection so that an adapter on
-    ``qkv`` takes part."""
+    """timm's DINOv3 of a DINOv3 backbone config, the qkv bias added after the projection
+    so that an adapter on ``qkv`` takes part."""
     arch = _dinov3_arch(backbone)
     C, swiglu = arch['embed_dims'], arch.get('ffn_type', 'mlp') == 'swiglu'
     hidden = int(C * arch.get('mlp_ratio', 4.0))

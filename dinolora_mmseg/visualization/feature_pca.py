@@ -1,5 +1,4 @@
-"""Colour patch features by two PCAs fit over the patches of several images together,
-as the DINOv2 and DINOv3 papers show them."""
+"""Patch features as colours, by two PCAs, as the DINOv2 and DINOv3 papers show them."""
 from typing import List, Sequence, Tuple
 
 import mmcv
@@ -67,10 +66,8 @@ def _border(grid: np.ndarray) -> np.ndarray:
 
 def make_grid(images: Sequence[np.ndarray], maps: Sequence[np.ndarray],
               height: int = 224) -> np.ndarray:
-    """The images in the top row, their maps (nearest upsampling) in the row below.
-
-    Every image is scaled to ``height`` keeping its aspect ratio; its map to the same
-    size, so each map lies over its image.
+    """The images in the top row, scaled to ``height``, their maps (nearest upsampling to
+    the same size) in the row below.
 
     Returns:
         np.ndarray: RGB uint8 ``(2 * height, sum of the scaled widths, 3)``.
