@@ -3,13 +3,16 @@ built, named by their path, e.g. ``train_dataloader.dataset.datasets[1]``."""
 from typing import Any, Iterator, Tuple
 
 
-def _children(node: Any, name: str, get) -> Iterator[Tuple[str, Any]]:
-    datasets = get(node, 'datasets')
+def _leaves(node: Any, name: str, get) -> Iterator[Tuple[str, Any]]:
+    datasets, dataset = get(node, 'datasets'), get(node, 'dataset')
     if isinstance(datasets, (list, tuple)):
-        for i, child in enumerate(datasets):
-            yield f'{name}.datasets[{i}]', child
-    elif get(node, 'dataset') is not None:
-        yield f'{name}.dataset', get(node, 'dataset')
+        children = [(f'{name}.datasets[{i}]', child) for i, child in enumerate(datasets)]
+    else:
+        children = [] if dataset is None else [(f'{name}.dataset', dataset)]
+    if not children:
+        yield name, node
+    for child_name, child in children:
+        yield from _leaves(child, child_name, get)
 
 
 def _config_get(node: Any, key: str) -> Any:
@@ -26,12 +29,8 @@ def leaf_configs(dataset_cfg: dict, name: str) -> Iterator[Tuple[str, dict]]:
     Yields:
         tuple[str, dict]: (name, config) of each leaf, in order (built objects skipped).
     """
-    children = list(_children(dataset_cfg, name, _config_get))
-    if not children:
-        if isinstance(dataset_cfg, dict):
-            yield name, dataset_cfg
-    for child_name, child in children:
-        yield from leaf_configs(child, child_name)
+    return ((leaf_name, leaf) for leaf_name, leaf in _leaves(dataset_cfg, name, _config_get)
+            if isinstance(leaf, dict))
 
 
 def leaf_datasets(dataset: Any, name: str) -> Iterator[Tuple[str, Any]]:
@@ -44,8 +43,4 @@ def leaf_datasets(dataset: Any, name: str) -> Iterator[Tuple[str, Any]]:
     Yields:
         tuple[str, BaseDataset]: (name, dataset) of each leaf, in order.
     """
-    children = list(_children(dataset, name, lambda node, key: getattr(node, key, None)))
-    if not children:
-        yield name, dataset
-    for child_name, child in children:
-        yield from leaf_datasets(child, child_name)
+    return _leaves(dataset, name, lambda node, key: getattr(node, key, None))

@@ -12,14 +12,9 @@ from .segmentor_graph import SegmentorGraph
 
 def compile_segmentor(segmentor: EncoderDecoder, freezing: bool = True,
                       dynamic=None) -> Dict[Tuple[int, ...], float]:
-    """Run ``segmentor``'s inference through ``torch.compile`` from now on (in place).
-
-    ``encode_decode`` (what ``predict`` and MMSeg's inferencer call) becomes one compiled
-    graph of the backbone, neck and decode head, to the class scores at the input's size
-    (:func:`~.segmentor_graph.class_scores`). Mask2Former's pixel decoder runs eagerly
-    (dynamo fails to trace its ``torch._shape_as_tensor``). With ``freezing`` the weights,
-    LoRA folded in, become constants of the graph: they must not change afterwards, and
-    it applies under ``torch.no_grad()`` only.
+    """Run ``segmentor``'s ``encode_decode`` through ``torch.compile`` from now on (in
+    place; docs/deployment.md). Mask2Former's pixel decoder, which dynamo fails to trace,
+    runs eagerly. Frozen weights (``freezing``, under ``torch.no_grad()``) must not change.
 
     Args:
         segmentor (EncoderDecoder): The model, with its weights loaded.
@@ -29,9 +24,6 @@ def compile_segmentor(segmentor: EncoderDecoder, freezing: bool = True,
     Returns:
         dict: input shape -> seconds of its first forward pass (compilation and one
         run, also logged), filled in as shapes come.
-
-    Raises:
-        TypeError: ``segmentor`` is not an ``EncoderDecoder``.
     """
     if not isinstance(segmentor, EncoderDecoder):
         raise TypeError(f'--compile takes an EncoderDecoder, got {type(segmentor).__name__}')

@@ -19,12 +19,9 @@ INTERPOLATIONS = ('nearest', 'bilinear', 'bicubic', 'area', 'lanczos')
 
 
 def test_resize(cfg: Config) -> Optional[Dict]:
-    """The ``Resize`` step of the test pipeline of ``cfg`` (its first dataset) as
-    ``{'scale': [w, h], 'keep_ratio': bool, 'interpolation': str}``; None without one.
-
-    Raises:
-        ValueError: A ``Resize`` by ``scale_factor`` or with an unknown interpolation.
-    """
+    """The ``Resize`` of the test pipeline of ``cfg`` (its first dataset) as ``{'scale':
+    [w, h], 'keep_ratio': bool, 'interpolation': str}``; None without one; ValueError for
+    a ``Resize`` by ``scale_factor`` or with an unknown interpolation."""
     _, dataset = next(leaf_configs(cfg.test_dataloader.dataset, 'test_dataloader.dataset'))
     for step in dataset.get('pipeline') or []:
         if step.get('type') not in RESIZE_TYPES:
@@ -43,11 +40,7 @@ def test_resize(cfg: Config) -> Optional[Dict]:
 
 def dataset_meta(cfg: Config, meta: Dict, num_classes: int) -> Dict[str, List]:
     """Class names and palette: the checkpoint's ``meta['dataset_meta']``, else the test
-    dataset's ``METAINFO``.
-
-    Raises:
-        ValueError: There are no classes or palette, or not ``num_classes`` of them.
-    """
+    dataset's ``METAINFO``; ValueError unless there are ``num_classes`` of them."""
     info = meta.get('dataset_meta')
     where = 'the checkpoint\'s meta.dataset_meta'
     if not info:

@@ -39,10 +39,8 @@ def class_scores(head: Union[BaseDecodeHead, Mask2FormerHead], feats: Sequence[t
 
 
 class SegmentorGraph(nn.Module):
-    """``logits = graph(images)`` for an ``EncoderDecoder`` in ``'whole'`` test mode.
-
-    ``images`` are ``(B, 3, H, W)`` float32 RGB in 0..255; ``logits`` are what
-    ``encode_decode`` returns for them after the data preprocessor.
+    """``logits = graph(images)``: what ``encode_decode`` returns for ``(B, 3, H, W)``
+    float32 RGB images in 0..255 after the data preprocessor (``'whole'`` test mode).
 
     Args:
         segmentor (EncoderDecoder): The model, in evaluation mode.

@@ -6,9 +6,8 @@ import os
 import os.path as osp
 from typing import Callable, Dict, List, NamedTuple, Optional, TypeVar
 
-import torch.distributed as dist
-from mmengine.config import ConfigDict
 from mmengine.dataset import BaseDataset
+from mmengine.dist import broadcast_object_list, get_rank, get_world_size
 from mmengine.logging import print_log
 from mmengine.registry import DefaultScope
 from mmseg.registry import DATASETS
@@ -28,12 +27,11 @@ def check_layout(cfg: Dict, name: str) -> None:
     Raises:
         FileNotFoundError: One is missing; the message names it.
     """
-    cfg = ConfigDict(cfg)
     root = cfg.get('data_root') or ''
     if root and not osp.isdir(root):
         raise FileNotFoundError(f'{name}: data_root {root!r} does not exist (set data_root in '
                                 'the config, or put the dataset there; see the README)')
-    for key, folder in cfg.get('data_prefix', {}).items():
+    for key, folder in (cfg.get('data_prefix') or {}).items():
         if folder and not osp.isdir(osp.join(root, folder)):
             raise FileNotFoundError(f'{name}: the {key} folder {osp.join(root, folder)!r} is '
                                     f'missing under data_root {root!r}')
@@ -94,8 +92,7 @@ def _log(message: str, level: int = logging.INFO) -> None:
 
 
 def _check_leaf(dataset, name: str) -> LeafResult:
-    """Check the files of every sample of a dataset that reads files; warn of label maps
-    without labelled pixel."""
+    """Check the files of every sample of a dataset that reads files."""
     loader, rules = pipeline_readers(dataset, name)
     paths = _sample_paths(dataset, name)
     reports = check_samples(paths, loader, rules)
@@ -127,10 +124,9 @@ def check_dataset(dataset_cfg: Dict, name: str, default_scope: str = 'mmseg') ->
         int: The number of samples.
 
     Raises:
-        FileNotFoundError: ``data_root``, an image/label folder, the split file or a
-            listed image/label is missing; the message names it.
-        ValueError: An image or label map is unusable (each is named with what is wrong),
-            or no label map has a labelled pixel.
+        FileNotFoundError: A folder, the split file or listed files are missing (named).
+        ValueError: Unusable images or label maps (each named with what is wrong), or no
+            label map has a labelled pixel.
     """
     for leaf_name, leaf_cfg in leaf_configs(dataset_cfg, name):
         check_layout(leaf_cfg, leaf_name)
@@ -161,17 +157,17 @@ def on_first_rank(check: Callable[[], T]) -> T:
     Args:
         check (callable): Takes no argument; its result must be picklable.
     """
-    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+    if get_world_size() == 1:
         return check()
     verdict: List[Optional[tuple]] = [None]
     error = None
-    if dist.get_rank() == 0:
+    if get_rank() == 0:
         try:
             verdict[0] = ('result', check())
         except Exception as raised:  # every rank must hear of it, or they wait forever
             error = raised
             verdict[0] = ('error', type(raised).__name__, str(raised))
-    dist.broadcast_object_list(verdict, src=0)
+    broadcast_object_list(verdict, src=0)
     if error is not None:
         raise error
     if verdict[0][0] == 'result':
@@ -206,9 +202,6 @@ def check_test_dataloader(cfg, launcher: str) -> int:
 
     Returns:
         int: The number of test images.
-
-    Raises:
-        ValueError: ``WORLD_SIZE`` processes for fewer test images.
     """
     num_images = check_dataloaders(cfg, ['test_dataloader'])['test_dataloader']
     processes = int(os.environ.get('WORLD_SIZE', 1)) if launcher != 'none' else 1

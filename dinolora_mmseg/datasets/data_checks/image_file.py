@@ -15,7 +15,7 @@ SIDEWAYS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 class UnreadableFile(Exception):
-    """A file the pipeline cannot read as it should; the message says why (not where)."""
+    """A file the pipeline cannot read as it should; the message says why, not where."""
 
 
 @dataclass(frozen=True)
@@ -35,11 +35,8 @@ class ImageLoader:
         return self.flag in ('color', 'grayscale') and self.backend in ('cv2', 'pillow')
 
     def decode(self, path: str) -> np.ndarray:
-        """The image as the loader decodes it.
-
-        Raises:
-            UnreadableFile: The file is empty, truncated or does not decode.
-        """
+        """The image as the loader decodes it; UnreadableFile if it is empty, truncated or
+        does not decode."""
         problem = file_problem(path)
         if problem:
             raise UnreadableFile(problem)
@@ -78,12 +75,8 @@ def file_problem(path: str) -> Optional[str]:
 
 
 def image_size(path: str, loader: ImageLoader) -> ImageSize:
-    """The size of the image ``loader`` decodes from ``path``, EXIF orientation applied
-    as the loader applies it.
-
-    Raises:
-        UnreadableFile: The file is empty, truncated or not an image the loader decodes.
-    """
+    """The size of the image ``loader`` decodes from ``path``, turned by its EXIF
+    orientation as the loader turns it (errors of :meth:`ImageLoader.decode`)."""
     problem = file_problem(path)
     if problem:
         raise UnreadableFile(problem)

@@ -87,13 +87,8 @@ def _to_uint8(label: np.ndarray, rules: LabelRules) -> np.ndarray:
 
 
 def label_stats(path: str, rules: LabelRules) -> LabelStats:
-    """Size and labelled pixels of the label map at ``path``.
-
-    Raises:
-        UnreadableFile: It is empty, truncated, undecodable, not one channel, or holds
-            values that are neither a class nor the ignore index (after the dataset's
-            ``reduce_zero_label`` and ``label_map``); the message says which.
-    """
+    """Size and labelled pixels of the label map at ``path``; UnreadableFile if it is
+    empty, truncated, undecodable, not one channel, or holds values of no class."""
     label = _as_stored(path, rules)
     stored = np.bincount(_to_uint8(label, rules).ravel(), minlength=256)
     lookup = rules.lookup()
