@@ -14,14 +14,9 @@ BUILD_VARIANTS = ('build', 'torch-load')
 
 
 def time_build_variant(backbone_cfg: Dict, variant: str) -> float:
-    """Seconds to build ``backbone_cfg`` from its ``pretrained`` file (``'build'``) or to
-    read that file with ``torch.load(weights_only=True)`` (``'torch-load'``).
-
-    Args:
-        backbone_cfg (dict): A backbone config with ``pretrained`` (a file, or a URL in
-            the torch hub cache).
-        variant (str): One of :data:`BUILD_VARIANTS`.
-    """
+    """Seconds to build ``backbone_cfg`` from its ``pretrained`` file (a path, or a URL
+    in the torch hub cache) for ``variant`` ``'build'``, or to ``torch.load`` that file
+    (``'torch-load'``)."""
     path = backbone_cfg['pretrained']
     path = hub_cache_path(path) if is_url(path) else path
     if not os.path.isfile(path):
@@ -35,12 +30,8 @@ def time_build_variant(backbone_cfg: Dict, variant: str) -> float:
 
 
 def summarise_build_times(times: Dict[str, List[float]]) -> Dict:
-    """Median, min and max seconds of each variant, and build over ``torch.load``
-    (:func:`~.report.time_ratios`).
-
-    Args:
-        times (dict): Seconds of each round by variant (the same number of rounds).
-    """
+    """Median, min and max seconds of each variant (``times``: variant -> seconds of each
+    round), and build over ``torch.load`` (:func:`~.report.time_ratios`)."""
     rounds = {name: [dict(step_times_s=[t]) for t in values] for name, values in times.items()}
     return dict(
         variants={name: dict(median_s=statistics.median(values), min_s=min(values),

@@ -22,11 +22,7 @@ def _cpu_sdpa_backward_flops(grad_out, query, key, value, *args, out_shape=None,
 
 def count_flops(step: Callable[[], None]) -> int:
     """FLOPs of one call of ``step`` as ``FlopCounterMode`` counts them, with the CPU
-    attention kernel counted by torch's formulas for its GPU kernels.
-
-    Args:
-        step (Callable): The work to count.
-    """
+    attention kernel counted by torch's formulas for its GPU kernels."""
     aten = torch.ops.aten
     cpu_sdpa = {aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
                 aten._scaled_dot_product_flash_attention_for_cpu_backward:
@@ -47,11 +43,8 @@ def proc_status_bytes(field: str) -> int:
 
 def reset_peak_rss() -> int:
     """Reset this process's peak RSS (``VmHWM``) to its current RSS, which is returned
-    (``ru_maxrss`` is never reset, and inherited by a child of ``subprocess``).
-
-    Raises:
-        OSError: Not Linux, or ``/proc/self/clear_refs`` is not writable.
-    """
+    (``ru_maxrss`` is never reset, and inherited by a child of ``subprocess``); OSError
+    where ``/proc/self/clear_refs`` is not writable."""
     try:
         with open('/proc/self/clear_refs', 'w') as f:
             f.write('5')

@@ -28,14 +28,10 @@ def summarise(runs: List[Dict], memory: Dict, batch_size: int, matmul_gflops: fl
 
 def time_ratios(runs: Dict[str, List[Dict]], numerators: Sequence[str]) -> Dict[str, Dict]:
     """``'A/B'`` -> time of ``A`` over time of ``B`` for each ``A`` of ``numerators`` and
-    every other variant ``B``: ``pooled`` (of the medians over all rounds), ``by_round``
-    (each round's own ratio, free of the machine's drift) and ``paired`` (their median).
-
-    Args:
-        runs (dict): Variant -> its rounds (each with ``step_times_s``), in the same
-            order of rounds for every variant.
-        numerators (Sequence[str]): The variants to compare the others with.
-    """
+    every other variant ``B`` of ``runs`` (variant -> its rounds, each with
+    ``step_times_s``, in one order): ``pooled`` (of the medians over all rounds),
+    ``by_round`` (each round's own ratio, free of the machine's drift) and ``paired``
+    (their median)."""
     def median(rounds):
         return statistics.median(t for run in rounds for t in run['step_times_s'])
 

@@ -27,9 +27,8 @@ BACKENDS = ('pytorch', 'compile', 'onnxruntime')
 
 
 class Workload(NamedTuple):
-    """A step to time, its model's parameter counts, the FLOPs of its eager step (None if
-    not counted) and the seconds of compilation or export and the first step (None for
-    eager PyTorch)."""
+    """A step to time, its model's parameter counts, the FLOPs of its eager step and the
+    seconds of its compilation or export and first step (None if not counted or eager)."""
     step: Callable[[], None]
     params_total: int
     params_trainable: int
@@ -68,8 +67,7 @@ def build_workload(cfg: Config, variant: str, mode: str, batch_size: int,
         cfg (Config): Config of our model (the references are built to match it).
         variant (str): ``'ours'`` or one of :data:`~.references.REFERENCES`
             (``naive-attention`` expects ``Attention.forward`` already patched).
-        mode (str): ``'train'`` (forward, the config's loss, backward, its optimizer
-            step) or ``'infer'`` (a ``torch.no_grad()`` forward to full-size logits).
+        mode (str): ``'train'`` (forward, loss, backward, optimizer step) or ``'infer'``.
         batch_size (int): Images per step.
         img_size (Sequence[int]): ``(H, W)`` of the inputs.
         device (torch.device): Where to run.
@@ -88,9 +86,8 @@ def build_workload(cfg: Config, variant: str, mode: str, batch_size: int,
             cfg.model.backbone.lora = None
             merge = False
         model = build_model(cfg)
-    params = list(model.parameters())
-    params_total = sum(p.numel() for p in params)
-    params_trainable = sum(p.numel() for p in params if p.requires_grad)
+    params_total = sum(p.numel() for p in model.parameters())
+    params_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if merge:
         if variant == 'timm-peft':
             model.merge_lora()

@@ -20,27 +20,13 @@ def _config_get(node: Any, key: str) -> Any:
 
 
 def leaf_configs(dataset_cfg: dict, name: str) -> Iterator[Tuple[str, dict]]:
-    """The configs of the datasets that read files, with their names.
-
-    Args:
-        dataset_cfg (dict): A ``dataset`` entry of a dataloader, wrapper or not.
-        name (str): Its name, e.g. ``'train_dataloader.dataset'``.
-
-    Yields:
-        tuple[str, dict]: (name, config) of each leaf, in order (built objects skipped).
-    """
+    """``(name, config)`` of each dataset that reads files in a ``dataset`` entry named
+    ``name`` (e.g. ``'train_dataloader.dataset'``), in order; built objects skipped."""
     return ((leaf_name, leaf) for leaf_name, leaf in _leaves(dataset_cfg, name, _config_get)
             if isinstance(leaf, dict))
 
 
 def leaf_datasets(dataset: Any, name: str) -> Iterator[Tuple[str, Any]]:
-    """The built datasets that read files, with the names :func:`leaf_configs` gives.
-
-    Args:
-        dataset: A built dataset, wrapper or not.
-        name (str): Its name, e.g. ``'train_dataloader.dataset'``.
-
-    Yields:
-        tuple[str, BaseDataset]: (name, dataset) of each leaf, in order.
-    """
+    """``(name, dataset)`` of each built dataset that reads files in ``dataset``, named as
+    :func:`leaf_configs` names them."""
     return _leaves(dataset, name, lambda node, key: getattr(node, key, None))

@@ -13,17 +13,9 @@ from .segmentor_graph import SegmentorGraph
 def compile_segmentor(segmentor: EncoderDecoder, freezing: bool = True,
                       dynamic=None) -> Dict[Tuple[int, ...], float]:
     """Run ``segmentor``'s ``encode_decode`` through ``torch.compile`` from now on (in
-    place; docs/deployment.md). Mask2Former's pixel decoder, which dynamo fails to trace,
-    runs eagerly. Frozen weights (``freezing``, under ``torch.no_grad()``) must not change.
-
-    Args:
-        segmentor (EncoderDecoder): The model, with its weights loaded.
-        freezing (bool): Inductor's weight freezing.
-        dynamic (bool, optional): ``torch.compile``'s ``dynamic``.
-
-    Returns:
-        dict: input shape -> seconds of its first forward pass (compilation and one
-        run, also logged), filled in as shapes come.
+    place; docs/deployment.md); Mask2Former's pixel decoder, which dynamo fails to trace,
+    eagerly. Frozen weights (``freezing``, under ``torch.no_grad()``) must not change.
+    Returns input shape -> seconds of its first forward pass (compilation included).
     """
     if not isinstance(segmentor, EncoderDecoder):
         raise TypeError(f'--compile takes an EncoderDecoder, got {type(segmentor).__name__}')

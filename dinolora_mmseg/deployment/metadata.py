@@ -1,9 +1,5 @@
-"""What an exported file carries besides its graph, as JSON text under each key of its
-``metadata_props``: ``classes`` and ``palette`` (RGB); ``resize``, the test pipeline's
-``Resize`` (:func:`test_resize`) or null; ``size_divisor`` of the input sides;
-``pad_value``, the RGB colour that pads the input (the data preprocessor's ``pad_val``
-after normalisation); ``align_corners`` of the bilinear resize of the logits; ``source``,
-the config and checkpoint."""
+"""What an exported file carries besides its graph: JSON text under each key of its
+``metadata_props`` (the keys: docs/deployment.md)."""
 import json
 import os.path as osp
 from typing import Dict, List, Optional
@@ -73,14 +69,8 @@ def pad_colour(model: EncoderDecoder) -> List[float]:
 
 def deploy_metadata(cfg: Config, model: EncoderDecoder, meta: Dict,
                     checkpoint: str) -> Dict[str, str]:
-    """The metadata of the exported file of ``model`` (key -> JSON text).
-
-    Args:
-        cfg (Config): The config the model was built from.
-        model (EncoderDecoder): The model.
-        meta (dict): The checkpoint's ``meta``.
-        checkpoint (str): The checkpoint file.
-    """
+    """The metadata (key -> JSON text) of the file exported from ``model``, built from
+    ``cfg``, and the ``meta`` of its ``checkpoint`` file."""
     values = dict(dataset_meta(cfg, meta, model.decode_head.out_channels),
                   resize=test_resize(cfg), size_divisor=input_divisor(model),
                   pad_value=pad_colour(model), align_corners=bool(model.align_corners),

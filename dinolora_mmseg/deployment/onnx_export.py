@@ -1,7 +1,6 @@
 """ONNX export of a :class:`SegmentorGraph` and the check that onnxruntime computes it
 (the file's format: docs/deployment.md)."""
 import contextlib
-import json
 import os
 import os.path as osp
 import shutil
@@ -21,14 +20,8 @@ INPUT_NAME, OUTPUT_NAME = 'image', 'logits'
 
 
 def onnxruntime_session(path: str, threads: Optional[int] = None, arena: bool = True):
-    """An onnxruntime CPU session of ``path`` with every graph optimisation.
-
-    Args:
-        path (str): The ``.onnx`` file.
-        threads (int, optional): Intra-op threads; default onnxruntime's choice.
-        arena (bool): onnxruntime's CPU memory arena (without it, memory is freed after
-            each run).
-    """
+    """An onnxruntime CPU session of ``path`` with every graph optimisation, ``threads``
+    intra-op threads (default onnxruntime's choice) and its memory arena if ``arena``."""
     import onnxruntime
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -72,19 +65,11 @@ def check_dynamic_support(graph: SegmentorGraph) -> None:
 
 
 def export_onnx(graph: SegmentorGraph, example: torch.Tensor, dynamic: bool, size_divisor: int):
-    """The ONNX program of ``graph`` (``torch.onnx.export(dynamo=True)``), the batch size
-    free; at a fixed size the backbone's position tables become constants (in place).
-
-    Args:
-        graph (SegmentorGraph): The model to export.
-        example (torch.Tensor): ``(B, 3, H, W)`` input at the export size.
-        dynamic (bool): Free ``H`` and ``W`` (multiples of ``size_divisor``).
-        size_divisor (int): What the input sides must be multiples of when ``dynamic``.
-
-    Raises:
-        ValueError: :func:`check_exportable`, :func:`check_dynamic_support`, or the
-            exporter could not keep the size symbolic (with its reason).
-    """
+    """The ONNX program of ``graph`` at ``example``'s size, the batch size free (``H``
+    and ``W`` too, multiples of ``size_divisor``, if ``dynamic``; else the backbone's
+    position tables become constants, in place). ValueError from
+    :func:`check_exportable`, :func:`check_dynamic_support`, or where the exporter cannot
+    keep the size symbolic (with its reason)."""
     check_exportable(graph)
     if example.shape[0] == 1:  # torch.export fixes dimensions of size 1
         example = example.expand(2, -1, -1, -1)
@@ -111,12 +96,9 @@ def export_onnx(graph: SegmentorGraph, example: torch.Tensor, dynamic: bool, siz
 
 @contextlib.contextmanager
 def staged_onnx(program, out: str, metadata: Dict[str, str]) -> Iterator[str]:
-    """Write the ONNX program with ``metadata`` (key -> JSON text) to a temporary folder
-    next to ``out``; yield that file to check; then move it onto ``out``.
-
-    Weights over ONNX's 2 GB go to ``out + '.data'``, moved into place first. If the
-    block raises, nothing is moved.
-    """
+    """Write the ONNX program with ``metadata`` (key -> JSON text) next to ``out``; yield
+    that file to check; then move it (and its weights over 2 GB, ``out + '.data'``, first)
+    onto ``out``. If the block raises, nothing is moved."""
     for key, value in metadata.items():
         program.model.metadata_props[key] = value
     folder = osp.dirname(osp.abspath(out))
@@ -130,11 +112,6 @@ def staged_onnx(program, out: str, metadata: Dict[str, str]) -> Iterator[str]:
             os.replace(osp.join(tmp, name), osp.join(folder, name))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def read_metadata(session) -> Dict:
-    """The metadata of an exported file (see :func:`staged_onnx`), values decoded."""
-    return {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
 
 
 def sample_images(size: Sequence[int], batch: int, path: Optional[str] = None) -> torch.Tensor:
@@ -155,14 +132,8 @@ def sample_images(size: Sequence[int], batch: int, path: Optional[str] = None) -
 
 def max_logit_difference(session, graph: SegmentorGraph, images: torch.Tensor,
                          expected: Optional[torch.Tensor] = None) -> float:
-    """Largest absolute difference between onnxruntime's and PyTorch's logits.
-
-    Args:
-        session: onnxruntime session of the exported file.
-        graph (SegmentorGraph): The PyTorch model.
-        images (torch.Tensor): ``(B, 3, H, W)`` float32 RGB input.
-        expected (torch.Tensor, optional): PyTorch's logits if already computed.
-    """
+    """Largest absolute difference between the logits of onnxruntime's ``session`` and
+    of ``graph`` (or ``expected``, if already computed) for ``images``."""
     if expected is None:
         with torch.no_grad():
             expected = graph(images)
@@ -172,12 +143,9 @@ def max_logit_difference(session, graph: SegmentorGraph, images: torch.Tensor,
 
 def check_second_size(session, graph: SegmentorGraph, images: torch.Tensor,
                       size_divisor: int, tolerance: float) -> Tuple[Tuple[int, int], float]:
-    """Check a dynamic export one and two ``size_divisor`` steps larger, with two images;
-    that size and the difference.
-
-    Raises:
-        ValueError: onnxruntime fails there or differs by more than ``tolerance``.
-    """
+    """That size and the difference, after checking a dynamic export one and two
+    ``size_divisor`` steps larger, with two images (ValueError if onnxruntime fails there
+    or differs by more than ``tolerance``)."""
     H, W = images.shape[2:]
     size = (H + size_divisor, W + 2 * size_divisor)
     other = torch.nn.functional.interpolate(images[:1].expand(2, -1, -1, -1), size=size,

@@ -1,3 +1,4 @@
+import json
 import math
 from typing import List, Optional, Tuple
 
@@ -7,24 +8,21 @@ from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 from mmseg.utils import OptSampleList, SampleList
 
-from .onnx_export import INPUT_NAME, OUTPUT_NAME, onnxruntime_session, read_metadata
+from .onnx_export import INPUT_NAME, OUTPUT_NAME, onnxruntime_session
 
 
 @MODELS.register_module()
 class ONNXRuntimeSegmentor(BaseSegmentor):
-    """A file of ``tools/deployment/pytorch2onnx.py`` as an MMSeg segmentor, run by
-    onnxruntime on the CPU, for the stock test loop (``tools/deployment/deploy_test.py``).
-
-    Each batch is padded with the file's pad colour to its fixed input size (or, for
-    ``--dynamic``, to multiples of its size divisor); the logits are cropped and resized
-    back as ``EncoderDecoder`` does.
+    """A file of ``tools/deployment/pytorch2onnx.py`` as an MMSeg segmentor run by
+    onnxruntime on the CPU: batches are padded with the file's pad colour to its input
+    size, the logits cropped and resized back as ``EncoderDecoder`` does.
 
     Args:
         onnx_file (str): The exported ``.onnx`` file.
         data_preprocessor (dict, optional): Without ``mean`` and ``std`` (the file
             normalises). Default: ``SegDataPreProcessor`` with ``bgr_to_rgb=True``.
-        threads (int, optional): onnxruntime intra-op threads; default its own choice.
-        init_cfg (dict, optional): Unused (no weights to initialise); MMEngine's argument.
+        threads (int, optional): onnxruntime intra-op threads.
+        init_cfg (dict, optional): Unused (no weights to initialise).
     """
 
     def __init__(self, onnx_file: str, data_preprocessor: Optional[dict] = None,
@@ -36,7 +34,8 @@ class ONNXRuntimeSegmentor(BaseSegmentor):
                              'ONNXRuntimeSegmentor must not (leave out mean and std)')
         self.onnx_file = onnx_file
         self.session = onnxruntime_session(onnx_file, threads)
-        meta = read_metadata(self.session)
+        meta = {key: json.loads(value)
+                for key, value in self.session.get_modelmeta().custom_metadata_map.items()}
         missing = {'pad_value', 'size_divisor', 'align_corners'} - set(meta)
         if missing:
             raise ValueError(f'{onnx_file} has no {sorted(missing)} in its metadata: it was '

@@ -19,15 +19,9 @@ from ..utils.checkpoint_file import is_trusted
 
 def class_scores(head: Union[BaseDecodeHead, Mask2FormerHead], feats: Sequence[torch.Tensor],
                  size: Sequence[int]) -> torch.Tensor:
-    """The class scores ``(B, num_classes, *size)`` of a decode head on ``feats``, as the
-    head's ``predict`` computes them (Mask2Former: its semantic combination of the last
-    decoder layer's class and mask probabilities).
-
-    Args:
-        head (BaseDecodeHead | Mask2FormerHead): The segmentor's decode head.
-        feats (Sequence[torch.Tensor]): What ``extract_feat`` gives for the input.
-        size (Sequence[int]): ``(H, W)`` of the scores.
-    """
+    """The class scores ``(B, num_classes, *size)`` of a decode head on ``feats`` (what
+    ``extract_feat`` gives), as its ``predict`` computes them (Mask2Former: the semantic
+    combination of the last decoder layer's class and mask probabilities)."""
     if isinstance(head, Mask2FormerHead):
         cls_scores, mask_logits = head(feats, [])  # its forward reads no data sample
         masks = F.interpolate(mask_logits[-1], size=size, mode='bilinear',
@@ -44,9 +38,8 @@ class SegmentorGraph(nn.Module):
 
     Args:
         segmentor (EncoderDecoder): The model, in evaluation mode.
-        mean (Sequence[float], optional): The data preprocessor's mean, in the model's
+        mean, std (Sequence[float], optional): The data preprocessor's, in the model's
             channel order; None for no normalisation.
-        std (Sequence[float], optional): Its standard deviation, likewise.
         model_sees_rgb (bool): The data preprocessor's ``bgr_to_rgb``.
     """
 
@@ -68,44 +61,30 @@ class SegmentorGraph(nn.Module):
                             x.shape[2:])
 
 
-class FixedGridTable:
-    """Stands in for a method of a patch grid's positions: its result for one grid.
-
-    Args:
-        value: The method's result for ``grid``.
-        grid (tuple[int, int]): ``(h, w)`` in patches.
-        what (str): What the value is, for the error message.
-    """
-
-    def __init__(self, value, grid: Tuple[int, int], what: str):
-        self.value, self.grid, self.what = value, grid, what
-
-    def __call__(self, h: int, w: int):
-        if (h, w) != self.grid:
-            raise ValueError(f'this model was prepared for a {self.grid[0]}x{self.grid[1]} '
-                             f'patch grid ({self.what} precomputed), got {h}x{w}')
-        return self.value
+def _fixed_grid_table(value, grid: Tuple[int, int], what: str):
+    """A stand-in for a method of a patch grid's positions: ``value``, for ``grid`` only."""
+    def table(h: int, w: int):
+        if (h, w) != grid:
+            raise ValueError(f'this model was prepared for a {grid[0]}x{grid[1]} patch grid '
+                             f'({what} precomputed), got {h}x{w}')
+        return value
+    return table
 
 
 @torch.no_grad()
 def fix_position_tables(backbone: nn.Module, image_size: Sequence[int]) -> None:
-    """Make a DINO backbone's position embedding or RoPE tables constants for one input
-    size, in place; other backbones are left as they are.
-
-    Args:
-        backbone (nn.Module): The segmentor's backbone.
-        image_size (Sequence[int]): ``(H, W)`` of the inputs, in pixels.
-    """
+    """Make a DINO backbone's position embedding or RoPE tables constants for inputs of
+    ``image_size`` ``(H, W)``, in place; other backbones are left as they are."""
     if not isinstance(backbone, DINOViTBase):
         return
     p = backbone.patch_size
     grid = (-(-image_size[0] // p), -(-image_size[1] // p))
     if isinstance(backbone, DINOv2):
         table = backbone.interpolate_pos_encoding(*grid).detach().clone()
-        backbone.interpolate_pos_encoding = FixedGridTable(table, grid, 'position embedding')
+        backbone.interpolate_pos_encoding = _fixed_grid_table(table, grid, 'position embedding')
     else:
         rope = tuple(t.detach().clone() for t in backbone._rope(*grid))
-        backbone._rope = FixedGridTable(rope, grid, 'RoPE tables')
+        backbone._rope = _fixed_grid_table(rope, grid, 'RoPE tables')
 
 
 def check_deployable(cfg: Config, model: nn.Module) -> None:
@@ -144,8 +123,6 @@ def segmentor_graph(model: EncoderDecoder) -> SegmentorGraph:
     """The :class:`SegmentorGraph` of ``model`` with its data preprocessor's settings."""
     preprocessor = model.data_preprocessor
     normalise = getattr(preprocessor, '_enable_normalize', False)
-    return SegmentorGraph(
-        model,
-        preprocessor.mean.flatten().tolist() if normalise else None,
-        preprocessor.std.flatten().tolist() if normalise else None,
-        getattr(preprocessor, "channel_conversion", False)).eval()
+    return SegmentorGraph(model, preprocessor.mean.flatten().tolist() if normalise else None,
+                          preprocessor.std.flatten().tolist() if normalise else None,
+                          getattr(preprocessor, 'channel_conversion', False)).eval()

@@ -22,11 +22,8 @@ T = TypeVar('T')
 
 
 def check_layout(cfg: Dict, name: str) -> None:
-    """Check the ``data_root``, folders and split file of a dataset config (not a wrapper).
-
-    Raises:
-        FileNotFoundError: One is missing; the message names it.
-    """
+    """Check the ``data_root``, folders and split file of a dataset config (not a
+    wrapper); FileNotFoundError naming one that is missing."""
     root = cfg.get('data_root') or ''
     if root and not osp.isdir(root):
         raise FileNotFoundError(f'{name}: data_root {root!r} does not exist (set data_root in '
@@ -97,10 +94,8 @@ def _check_leaf(dataset, name: str) -> LeafResult:
     paths = _sample_paths(dataset, name)
     reports = check_samples(paths, loader, rules)
     problems = [problem for report in reports for problem in report.problems]
-    failure = None
-    if problems:
-        failure = (f'{name}: {sum(1 for report in reports if report.problems)} of '
-                   f'{len(paths)} samples have unusable files:\n{_listing(problems)}')
+    failure = (f'{name}: {sum(1 for report in reports if report.problems)} of {len(paths)} '
+               f'samples have unusable files:\n{_listing(problems)}' if problems else None)
     read = [(seg, report.labelled) for (_, seg), report in zip(paths, reports)
             if report.labelled is not None]
     unlabelled = [seg for seg, count in read if count == 0]
@@ -111,29 +106,23 @@ def _check_leaf(dataset, name: str) -> LeafResult:
 
 
 def check_dataset(dataset_cfg: Dict, name: str, default_scope: str = 'mmseg') -> int:
-    """Check a dataloader's dataset (wrappers too) and every file its samples list.
-
-    A label map with no labelled pixel is legal in MMSeg: a warning, unless all are.
+    """Check a dataloader's dataset (wrappers too) and every file it lists; its length.
 
     Args:
         dataset_cfg (dict): The ``dataset`` entry of a dataloader config.
         name (str): Which dataloader it belongs to, for the messages.
         default_scope (str): Registry scope the dataset is built in.
 
-    Returns:
-        int: The number of samples.
-
     Raises:
         FileNotFoundError: A folder, the split file or listed files are missing (named).
         ValueError: Unusable images or label maps (each named with what is wrong), or no
-            label map has a labelled pixel.
+            label map has a labelled pixel (a few without are a warning).
     """
     for leaf_name, leaf_cfg in leaf_configs(dataset_cfg, name):
         check_layout(leaf_cfg, leaf_name)
     with DefaultScope.overwrite_default_scope(default_scope):
         dataset = DATASETS.build(_unserialized(dataset_cfg))
-    results = [_check_leaf(leaf, leaf_name)
-               for leaf_name, leaf in leaf_datasets(dataset, name)]
+    results = [_check_leaf(leaf, leaf_name) for leaf_name, leaf in leaf_datasets(dataset, name)]
     failures = [result.failure for result in results if result.failure]
     if failures:
         raise ValueError('\n'.join(failures))
@@ -149,43 +138,32 @@ def check_dataset(dataset_cfg: Dict, name: str, default_scope: str = 'mmseg') ->
 
 
 def on_first_rank(check: Callable[[], T]) -> T:
-    """Run ``check`` on global rank 0 only and give every rank its result, or its error.
-
-    Other ranks raise a ``FileNotFoundError`` or ``ValueError`` of rank 0 as the same type
-    with the same message, any other error as a ``RuntimeError`` naming it.
-
-    Args:
-        check (callable): Takes no argument; its result must be picklable.
-    """
+    """Run ``check`` (no argument, a picklable result) on global rank 0 only and give
+    every rank its result, or its error: a ``FileNotFoundError`` or ``ValueError`` as
+    such, any other as a ``RuntimeError`` naming it."""
     if get_world_size() == 1:
         return check()
     verdict: List[Optional[tuple]] = [None]
-    error = None
     if get_rank() == 0:
         try:
             verdict[0] = ('result', check())
-        except Exception as raised:  # every rank must hear of it, or they wait forever
-            error = raised
-            verdict[0] = ('error', type(raised).__name__, str(raised))
+        except Exception as error:  # every rank must hear of it, or they wait forever
+            broadcast_object_list([('error', type(error).__name__, str(error))], src=0)
+            raise
     broadcast_object_list(verdict, src=0)
-    if error is not None:
-        raise error
-    if verdict[0][0] == 'result':
-        return verdict[0][1]
-    _, kind, message = verdict[0]
+    kind, *value = verdict[0]
+    if kind == 'result':
+        return value[0]
+    name, message = value
     shared = {cls.__name__: cls for cls in SHARED_ERRORS}
-    if kind in shared:
-        raise shared[kind](message)
-    raise RuntimeError(f'the data check failed on rank 0 with {kind}: {message}')
+    if name in shared:
+        raise shared[name](message)
+    raise RuntimeError(f'the data check failed on rank 0 with {name}: {message}')
 
 
 def check_dataloaders(cfg, names=('train_dataloader', 'val_dataloader')) -> Dict[str, int]:
     """:func:`check_dataset` for the named dataloaders the config has, on global rank 0
-    only (:func:`on_first_rank`): the files are opened once per job.
-
-    Returns:
-        dict: dataloader name -> number of samples (on every rank).
-    """
+    only (:func:`on_first_rank`); dataloader name -> number of samples, on every rank."""
     scope = cfg.get('default_scope') or 'mmseg'
     return on_first_rank(lambda: {
         name: check_dataset(cfg[name]['dataset'], f'{name}.dataset', scope)
@@ -193,16 +171,9 @@ def check_dataloaders(cfg, names=('train_dataloader', 'val_dataloader')) -> Dict
 
 
 def check_test_dataloader(cfg, launcher: str) -> int:
-    """:func:`check_dataloaders` for ``test_dataloader``, refusing more processes than
-    test images.
-
-    Args:
-        cfg (Config): The config.
-        launcher (str): The tool's ``--launcher``; with ``'none'`` there is one process.
-
-    Returns:
-        int: The number of test images.
-    """
+    """:func:`check_dataloaders` for ``test_dataloader`` (the number of test images),
+    refusing more processes than test images (``WORLD_SIZE``, unless ``launcher`` is
+    ``'none'``)."""
     num_images = check_dataloaders(cfg, ['test_dataloader'])['test_dataloader']
     processes = int(os.environ.get('WORLD_SIZE', 1)) if launcher != 'none' else 1
     if processes > num_images:

@@ -20,12 +20,8 @@ class UnreadableFile(Exception):
 
 @dataclass(frozen=True)
 class ImageLoader:
-    """How a pipeline's ``LoadImageFromFile`` decodes images.
-
-    Args:
-        flag (str): Its ``color_type``.
-        backend (str): Its ``imdecode_backend``.
-    """
+    """How a pipeline's ``LoadImageFromFile`` decodes images: its ``color_type`` (``flag``)
+    and ``imdecode_backend``."""
     flag: str = 'color'
     backend: str = 'cv2'
 
@@ -91,12 +87,8 @@ def image_size(path: str, loader: ImageLoader) -> ImageSize:
 
 
 def read_image_file(path: str, loader: ImageLoader = ImageLoader()) -> np.ndarray:
-    """The image at ``path`` as ``loader`` decodes it (BGR for the default loader).
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: It is empty, truncated or undecodable; the message says which.
-    """
+    """The image at ``path`` as ``loader`` decodes it (BGR by default); FileNotFoundError
+    if it is missing, ValueError naming it if it is empty, truncated or undecodable."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f'Image not found: {path}')
     try:

@@ -11,15 +11,8 @@ from .image_file import ImageLoader, UnreadableFile
 
 @dataclass(frozen=True)
 class LabelRules:
-    """How a dataset's pipeline reads label maps and what their values may be.
-
-    Args:
-        num_classes (int): Classes are ``0 .. num_classes - 1``.
-        ignore_index (int): The value of ignored pixels.
-        reduce_zero_label (bool): 0 becomes ignored and every other value drops by one.
-        label_map (tuple): ``(stored, new)`` pairs applied after ``reduce_zero_label``.
-        backend (str): ``LoadAnnotations``' ``imdecode_backend``.
-    """
+    """How a dataset's pipeline reads label maps (the dataset's settings of these names;
+    ``label_map`` as ``(stored, new)`` pairs; ``LoadAnnotations``' ``imdecode_backend``)."""
     num_classes: int
     ignore_index: int = 255
     reduce_zero_label: bool = False

@@ -11,17 +11,10 @@ from .label_file import LabelRules
 
 
 def pipeline_readers(dataset, name: str) -> Tuple[Optional[ImageLoader], Optional[LabelRules]]:
-    """The image loader and label rules of a built dataset's pipeline: of its
-    ``LoadImageFromFile`` and ``LoadAnnotations``, else None (files are then checked
-    for being empty or truncated only).
-
-    Args:
-        dataset (BaseDataset): A dataset that reads files (not a wrapper).
-        name (str): Its name, for the messages.
-
-    Raises:
-        ValueError: ``LoadAnnotations`` sets ``reduce_zero_label`` unlike the dataset.
-    """
+    """The image loader and label rules of the ``LoadImageFromFile`` and
+    ``LoadAnnotations`` of a built dataset's pipeline (None for each it lacks);
+    ValueError naming ``name`` if ``LoadAnnotations`` sets ``reduce_zero_label`` unlike
+    the dataset."""
     loader = rules = None
     for step in getattr(getattr(dataset, 'pipeline', None), 'transforms', []):
         if type(step) is LoadImageFromFile and loader is None:

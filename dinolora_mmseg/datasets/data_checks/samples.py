@@ -1,5 +1,4 @@
-"""Every sample of a dataset checked as its pipeline will read it: the image, the label
-map, and whether the two have the same size."""
+"""The files of each sample checked as its pipeline will read them, and their sizes."""
 import multiprocessing
 import os
 from typing import List, NamedTuple, Optional, Sequence, Tuple
@@ -17,15 +16,8 @@ class SampleReport(NamedTuple):
 
 def check_sample(img_path: str, seg_path: Optional[str], loader: Optional[ImageLoader],
                  rules: Optional[LabelRules]) -> SampleReport:
-    """Check one sample's files.
-
-    Args:
-        img_path (str): The image.
-        seg_path (str, optional): Its label map.
-        loader (ImageLoader, optional): How the pipeline decodes images; None without
-            ``LoadImageFromFile`` (then only empty or truncated files are found).
-        rules (LabelRules, optional): How it reads label maps; None if it does not.
-    """
+    """Check an image and its label map (if any); without ``loader`` an image is checked
+    for being empty or truncated only, without ``rules`` the label map is not read."""
     problems, size, stats = [], None, None
     try:
         if loader is None:

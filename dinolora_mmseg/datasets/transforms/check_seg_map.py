@@ -9,13 +9,11 @@ from mmseg.registry import TRANSFORMS
 class CheckSegMap(BaseTransform):
     """Fail on label values that are neither a class nor the ignore index.
 
-    Placed after ``LoadAnnotations`` (after ``reduce_zero_label``). Samples without a
-    label map (inference pipelines) pass unchecked. The pre-run scan
-    (:mod:`~dinolora_mmseg.datasets.data_checks`) runs in this project's tools only; this
-    step guards the other runs (docs/reliability.md).
+    Placed after ``LoadAnnotations``; samples without a label map pass. It guards the
+    runs without the tools' pre-run scan (docs/reliability.md).
 
     Args:
-        num_classes (int): Valid labels are ``0 .. num_classes - 1``.
+        num_classes (int): Classes are ``0 .. num_classes - 1``.
         ignore_index (int): The label of ignored pixels.
     """
 

@@ -39,24 +39,17 @@ class ImageCorruption(BaseTransform):
     """Corrupt ``results['img']`` with an ImageNet-C corruption at severity 1 to 5.
 
     Put it right after ``LoadImageFromFile`` in a test pipeline (docs/robustness.md).
-    The corruptions are those of the ``imagecorruptions`` package (Michaelis et al.,
-    2019), on images of 4 px and more. MMCV's BGR image is corrupted as RGB; a grey
-    image as its RGB copy, turned back into grey (luma). Each image's random numbers
-    come from a CRC-32 of ``seed``, the file name of ``results['img_path']`` (else the
-    image bytes), ``corruption`` and ``severity``: the same pixels in every run, process
-    and worker, wherever the data lies. Numpy's global random state is restored.
+    BGR is corrupted as RGB, grey as its RGB copy. Each image's random numbers come from
+    a CRC-32 of ``seed``, its file name (else its bytes), ``corruption`` and ``severity``:
+    the same pixels in every run and process. Numpy's global random state is restored.
 
     Args:
-        corruption (str): One of :data:`IMAGENET_C_CORRUPTIONS` (the 15 of the
-            benchmark) or :data:`EXTRA_CORRUPTIONS`. Defaults to 'gaussian_noise'.
+        corruption (str): One of :data:`CORRUPTIONS`. Defaults to 'gaussian_noise'.
         severity (int): 1 (mild) to 5 (strong). Defaults to 3.
         seed (int, optional): Base seed of the per-image seeds; None means 0.
-            Defaults to None.
     """
 
-    def __init__(self,
-                 corruption: str = 'gaussian_noise',
-                 severity: int = 3,
+    def __init__(self, corruption: str = 'gaussian_noise', severity: int = 3,
                  seed: Optional[int] = None):
         if corruption not in CORRUPTIONS:
             raise ValueError(f'unknown corruption {corruption!r}; valid: {", ".join(CORRUPTIONS)}')
