@@ -8,19 +8,15 @@ import torch
 from mmseg.registry import MODELS
 
 from ..utils.weights import hub_cache_path, is_url
+from .report import time_ratios
 
 BUILD_VARIANTS = ('build', 'torch-load')
 
 
 def time_build_variant(backbone_cfg: Dict, variant: str) -> float:
-    """Seconds to build ``backbone_cfg`` from its ``pretrained`` file (``'build'``) or to
-    read that file with ``torch.load(weights_only=True)`` (``'torch-load'``).
-
-    Args:
-        backbone_cfg (dict): A backbone config with ``pretrained`` (a file, or a URL in
-            the torch hub cache).
-        variant (str): One of :data:`BUILD_VARIANTS`.
-    """
+    """Seconds to build ``backbone_cfg`` from its ``pretrained`` file (a path, or a URL
+    in the torch hub cache) for ``variant`` ``'build'``, or to ``torch.load`` that file
+    (``'torch-load'``)."""
     path = backbone_cfg['pretrained']
     path = hub_cache_path(path) if is_url(path) else path
     if not os.path.isfile(path):
@@ -34,17 +30,11 @@ def time_build_variant(backbone_cfg: Dict, variant: str) -> float:
 
 
 def summarise_build_times(times: Dict[str, List[float]]) -> Dict:
-    """Median, min and max seconds of each variant, and build over ``torch.load``: of the
-    medians (``pooled``) and the median of each round's own ratio (``paired``).
-
-    Args:
-        times (dict): Seconds of each round by variant (the same number of rounds).
-    """
-    build, load = times['build'], times['torch-load']
+    """Median, min and max seconds of each variant (``times``: variant -> seconds of each
+    round), and build over ``torch.load`` (:func:`~.report.time_ratios`)."""
+    rounds = {name: [dict(step_times_s=[t]) for t in values] for name, values in times.items()}
     return dict(
         variants={name: dict(median_s=statistics.median(values), min_s=min(values),
                              max_s=max(values), rounds_s=values)
                   for name, values in times.items()},
-        build_over_torch_load=dict(
-            pooled=statistics.median(build) / statistics.median(load),
-            paired=statistics.median(b / a for b, a in zip(build, load))))
+        build_over_torch_load=time_ratios(rounds, ['build'])['build/torch-load'])

@@ -7,9 +7,8 @@ import torch
 from torch.utils.flop_counter import (FlopCounterMode, sdpa_backward_flop_count,
                                       sdpa_flop_count)
 
-# glibc maps blocks of 128 KiB and more on their own and unmaps them when freed, instead
-# of moving large blocks into the heap, where freed memory stays resident and is reused
-# unseen by the RSS. A process measuring peak memory runs so; its steps are ~45 % slower.
+# glibc maps blocks of 128 KiB and more on their own and unmaps them when freed, so that
+# the RSS sees freed memory (docs/performance.md). A process measuring peak memory runs so.
 MEMORY_CHILD_ENV = dict(MALLOC_MMAP_THRESHOLD_=str(128 * 1024))
 
 
@@ -22,16 +21,8 @@ def _cpu_sdpa_backward_flops(grad_out, query, key, value, *args, out_shape=None,
 
 
 def count_flops(step: Callable[[], None]) -> int:
-    """FLOPs of one call of ``step`` as ``FlopCounterMode`` counts them.
-
-    Matmuls, convolutions and attention, forward and backward (the attention backward
-    as torch counts it, with the recomputed scores; with activation checkpointing the
-    recomputed forward too). torch counts its GPU attention kernels only; the CPU
-    kernel is counted here with the same formulas.
-
-    Args:
-        step (Callable): The work to count.
-    """
+    """FLOPs of one call of ``step`` as ``FlopCounterMode`` counts them, with the CPU
+    attention kernel counted by torch's formulas for its GPU kernels."""
     aten = torch.ops.aten
     cpu_sdpa = {aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
                 aten._scaled_dot_product_flash_attention_for_cpu_backward:
@@ -42,11 +33,7 @@ def count_flops(step: Callable[[], None]) -> int:
 
 
 def proc_status_bytes(field: str) -> int:
-    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``, ...) in bytes.
-
-    Args:
-        field (str): The field's name.
-    """
+    """A memory field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``, ...) in bytes."""
     with open('/proc/self/status') as f:
         for line in f:
             if line.startswith(field + ':'):
@@ -55,14 +42,9 @@ def proc_status_bytes(field: str) -> int:
 
 
 def reset_peak_rss() -> int:
-    """Reset this process's peak RSS (``VmHWM``) to its current RSS, which is returned.
-
-    ``getrusage(RUSAGE_SELF).ru_maxrss`` cannot be used: it is never reset and a child
-    started by ``subprocess`` (vfork + exec) inherits the parent's peak in it.
-
-    Raises:
-        OSError: Not Linux, or ``/proc/self/clear_refs`` is not writable.
-    """
+    """Reset this process's peak RSS (``VmHWM``) to its current RSS, which is returned
+    (``ru_maxrss`` is never reset, and inherited by a child of ``subprocess``); OSError
+    where ``/proc/self/clear_refs`` is not writable."""
     try:
         with open('/proc/self/clear_refs', 'w') as f:
             f.write('5')
@@ -73,11 +55,8 @@ def reset_peak_rss() -> int:
 
 
 def trim_freed_memory() -> None:
-    """Return the C heap's free memory to the system (glibc ``malloc_trim``).
-
-    Raises:
-        OSError: The C library is not glibc.
-    """
+    """Return the C heap's free memory to the system (glibc ``malloc_trim``; else
+    OSError)."""
     try:
         malloc_trim = ctypes.CDLL('libc.so.6').malloc_trim
     except (OSError, AttributeError) as error:

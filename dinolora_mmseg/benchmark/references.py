@@ -18,7 +18,7 @@ TIMM_NAMES = dict(small='vit_small_patch14', base='vit_base_patch14',
 
 def naive_attention_forward(self: Attention, x: torch.Tensor,
                             rope: Optional[Rope] = None) -> torch.Tensor:
-    """``Attention.forward`` with the attention matrix materialised (the reference)."""
+    """``Attention.forward`` with the attention matrix materialised."""
     B, N, C = x.shape
     q, k, v = self.heads(x, rope)
     weights = ((q * q.shape[-1]**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
@@ -27,19 +27,9 @@ def naive_attention_forward(self: Attention, x: torch.Tensor,
 
 def check_reference(cfg: Config, reference: str, img_size: Sequence[int],
                     config_name: str) -> List[str]:
-    """Refuse a reference that cannot run for ``cfg``; notes on how it differs from ours.
-
-    Args:
-        cfg (Config): Config of our model.
-        reference (str): One of :data:`REFERENCES`.
-        img_size (Sequence[int]): ``(H, W)`` of the inputs.
-        config_name (str): The config's file, for the messages.
-
-    Raises:
-        ImportError: ``timm-peft`` without the ``timm`` or ``peft`` package.
-        ValueError: The backbone is not DINOv2 or DINOv3, timm-peft or no-lora without
-            LoRA, or timm-peft with an image size that is not a multiple of the patch size.
-    """
+    """Notes on how ``reference`` differs from the model of ``cfg`` (file ``config_name``)
+    at ``img_size``; ValueError saying why where it cannot replace it, ImportError
+    naming a missing package of ``timm-peft``."""
     backbone = cfg.model.backbone
     if backbone.type not in BACKBONES:
         raise ValueError(f'--reference {reference} replaces a DINOv2 or DINOv3 backbone; '
@@ -93,12 +83,8 @@ def import_timm_peft():
 
 
 class TimmPeftSegmentor(nn.Module):
-    """The ``timm-peft`` reference: a peft-adapted timm ViT and a 1x1-conv head.
-
-    Args:
-        backbone (nn.Module): timm ``VisionTransformer`` wrapped by ``peft.get_peft_model``.
-        num_classes (int): Output classes.
-    """
+    """The ``timm-peft`` reference: a timm ViT wrapped by ``peft.get_peft_model``
+    (``backbone``) and a 1x1-conv head of ``num_classes``."""
 
     def __init__(self, backbone: nn.Module, num_classes: int):
         super().__init__()
@@ -125,8 +111,7 @@ def _dinov3_arch(backbone: Dict) -> Dict:
 
 
 def timm_dinov2(timm, backbone: Dict, img_size: Sequence[int]) -> nn.Module:
-    """timm's DINOv2 of a DINOv2 backbone config's arch and registers, its position
-    embedding built for ``img_size``."""
+    """timm's DINOv2 of a DINOv2 backbone config, its position embedding for ``img_size``."""
     arch, reg = backbone.get('arch', 'large'), backbone.get('num_register_tokens', 0)
     if isinstance(arch, str):
         name, sizes = TIMM_NAMES[arch], {}
@@ -139,9 +124,8 @@ def timm_dinov2(timm, backbone: Dict, img_size: Sequence[int]) -> nn.Module:
 
 
 def timm_dinov3(timm, backbone: Dict) -> nn.Module:
-    """timm's DINOv3 (``vit_*_patch16_dinov3[_qkvb]``) of a DINOv3 backbone config's arch
-    and storage tokens, the qkv bias added after the projection so that an adapter on
-    ``qkv`` takes part."""
+    """timm's DINOv3 of a DINOv3 backbone config, the qkv bias added after the projection
+    so that an adapter on ``qkv`` takes part."""
     arch = _dinov3_arch(backbone)
     C, swiglu = arch['embed_dims'], arch.get('ffn_type', 'mlp') == 'swiglu'
     hidden = int(C * arch.get('mlp_ratio', 4.0))
@@ -161,12 +145,8 @@ def timm_dinov3(timm, backbone: Dict) -> nn.Module:
 
 
 def build_timm_peft(cfg: Config, img_size: Sequence[int]) -> TimmPeftSegmentor:
-    """timm's DINOv2 or DINOv3 of the config's backbone, peft LoRA on ``qkv``, 1x1 head.
-
-    Args:
-        cfg (Config): Config of our model (a DINOv2 or DINOv3 backbone with ``lora``).
-        img_size (Sequence[int]): ``(H, W)`` timm builds its DINOv2 position embedding for.
-    """
+    """timm's DINOv2 or DINOv3 of the config's backbone (its DINOv2 position embedding for
+    ``img_size``), peft LoRA on ``qkv``, and a 1x1 head."""
     timm, peft = import_timm_peft()
     backbone = cfg.model.backbone
     vit = (timm_dinov2(timm, backbone, img_size) if backbone.type == 'DINOv2'

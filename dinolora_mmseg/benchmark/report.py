@@ -1,5 +1,4 @@
-"""The benchmark's report: statistics of each variant, the ratios between variants, and
-the printed table."""
+"""The benchmark's report: statistics of each variant, ratios between them, the table."""
 import statistics
 from typing import Dict, List, Sequence
 
@@ -7,12 +6,8 @@ import numpy as np
 
 
 def summarise(runs: List[Dict], memory: Dict, batch_size: int, matmul_gflops: float) -> Dict:
-    """Statistics of one variant over its timed rounds ``runs`` and the ``memory`` run.
-
-    The FLOPs are those of the eager PyTorch step of the workload (what a compiled or
-    exported model computes too), so ``matmul_share`` compares every backend with the
-    same work.
-    """
+    """Statistics of one variant over its timed rounds ``runs`` and the ``memory`` run
+    (FLOPs of the eager PyTorch step for every backend: the same work)."""
     times = [t for run in runs for t in run['step_times_s']]
     median = statistics.median(times)
     q1, q3 = np.percentile(times, [25, 75])
@@ -32,18 +27,11 @@ def summarise(runs: List[Dict], memory: Dict, batch_size: int, matmul_gflops: fl
 
 
 def time_ratios(runs: Dict[str, List[Dict]], numerators: Sequence[str]) -> Dict[str, Dict]:
-    """``'A/B'`` -> time of ``A`` over time of ``B`` (above 1: ``B`` is faster) for each
-    ``A`` of ``numerators`` and every other variant ``B``.
-
-    Each entry has ``pooled`` (of the medians over all rounds), ``by_round`` (each
-    round's own ratio: the two processes ran minutes apart at most, so the machine's
-    drift between rounds does not move it) and ``paired`` (the median of those).
-
-    Args:
-        runs (dict): Variant -> its rounds (each with ``step_times_s``), in the same
-            order of rounds for every variant.
-        numerators (Sequence[str]): The variants to compare the others with.
-    """
+    """``'A/B'`` -> time of ``A`` over time of ``B`` for each ``A`` of ``numerators`` and
+    every other variant ``B`` of ``runs`` (variant -> its rounds, each with
+    ``step_times_s``, in one order): ``pooled`` (of the medians over all rounds),
+    ``by_round`` (each round's own ratio, free of the machine's drift) and ``paired``
+    (their median)."""
     def median(rounds):
         return statistics.median(t for run in rounds for t in run['step_times_s'])
 

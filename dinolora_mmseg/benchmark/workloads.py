@@ -1,5 +1,5 @@
-"""The step the benchmark times: one training step or inference on random inputs, by
-PyTorch eagerly, compiled, or exported to onnxruntime."""
+"""The step the benchmark times: a training step or inference on random inputs, by PyTorch
+eagerly, compiled, or in onnxruntime."""
 import copy
 import os.path as osp
 import tempfile
@@ -27,9 +27,8 @@ BACKENDS = ('pytorch', 'compile', 'onnxruntime')
 
 
 class Workload(NamedTuple):
-    """A step to time, the parameter counts of the model it runs, the FLOPs of its eager
-    PyTorch step (None if not counted) and the seconds the backend took to prepare it
-    (compilation or export, and the first step; None for eager PyTorch)."""
+    """A step to time, its model's parameter counts, the FLOPs of its eager step and the
+    seconds of its compilation or export and first step (None if not counted or eager)."""
     step: Callable[[], None]
     params_total: int
     params_trainable: int
@@ -39,10 +38,8 @@ class Workload(NamedTuple):
 
 def onnxruntime_step(model: nn.Module, inputs: torch.Tensor,
                      arena: bool = True) -> Tuple[Callable[[], None], float]:
-    """A step that runs ``model`` exported to ONNX (LoRA folded, position tables fixed)
-    on RGB images of ``inputs``' shape in onnxruntime, with as many threads as torch
-    (and its memory arena if ``arena``); and the seconds the export, the session and
-    the first step took."""
+    """A step of ``model`` exported to ONNX, in onnxruntime with torch's thread count, on
+    images of ``inputs``' shape; and the seconds the export and the first step took."""
     start = time.perf_counter()
     graph = segmentor_graph(fold_lora(model, inplace=True).eval())
     generator = torch.Generator().manual_seed(0)
@@ -69,23 +66,16 @@ def build_workload(cfg: Config, variant: str, mode: str, batch_size: int,
     Args:
         cfg (Config): Config of our model (the references are built to match it).
         variant (str): ``'ours'`` or one of :data:`~.references.REFERENCES`
-            (``naive-attention`` expects ``Attention.forward`` already patched;
-            ``no-lora`` ignores ``merge``).
-        mode (str): ``'train'`` (forward, the config's loss, backward, its optimizer
-            step; only trainable parameters get gradients and optimizer state) or
-            ``'infer'`` (a ``torch.no_grad()`` forward to full-size logits).
+            (``naive-attention`` expects ``Attention.forward`` already patched).
+        mode (str): ``'train'`` (forward, loss, backward, optimizer step) or ``'infer'``.
         batch_size (int): Images per step.
         img_size (Sequence[int]): ``(H, W)`` of the inputs.
         device (torch.device): Where to run.
         amp (bool): bfloat16 autocast of the forward pass and loss.
         merge (bool): Fold the LoRA adapters into the weights first.
-        backend (str): One of :data:`BACKENDS` (``'infer'`` mode for the others):
-            eager ``'pytorch'``, ``'compile'`` (:func:`~..deployment.compile_segmentor`,
-            weights frozen) or ``'onnxruntime'`` (the ONNX export of the model, LoRA
-            folded in, normalisation in the graph, run on the CPU).
+        backend (str): One of :data:`BACKENDS`; all but ``'pytorch'`` infer only.
         count (bool): Count the FLOPs of the eager PyTorch step.
-        onnxruntime_arena (bool): Keep onnxruntime's memory arena (its default). Without
-            it the memory of a step is freed after it, so that the RSS follows it.
+        onnxruntime_arena (bool): Keep onnxruntime's memory arena (its default).
     """
     H, W = img_size
     if variant == 'timm-peft':
@@ -96,9 +86,8 @@ def build_workload(cfg: Config, variant: str, mode: str, batch_size: int,
             cfg.model.backbone.lora = None
             merge = False
         model = build_model(cfg)
-    params = list(model.parameters())
-    params_total = sum(p.numel() for p in params)
-    params_trainable = sum(p.numel() for p in params if p.requires_grad)
+    params_total = sum(p.numel() for p in model.parameters())
+    params_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if merge:
         if variant == 'timm-peft':
             model.merge_lora()

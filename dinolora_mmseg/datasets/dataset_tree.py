@@ -1,20 +1,18 @@
-"""Datasets inside dataset wrappers (``ConcatDataset``, ``RepeatDataset``,
-``ClassBalancedDataset``, ``MultiImageMixDataset``), as configs and as built objects.
-
-A wrapper holds its datasets under ``datasets`` (a list) or ``dataset``; the datasets
-that read files are the leaves. Each leaf is named by its path from the dataloader,
-e.g. ``train_dataloader.dataset.datasets[1]``, the same for a config and its build.
-"""
+"""The datasets inside dataset wrappers (under ``datasets`` or ``dataset``), as configs and
+built, named by their path, e.g. ``train_dataloader.dataset.datasets[1]``."""
 from typing import Any, Iterator, Tuple
 
 
-def _children(node: Any, name: str, get) -> Iterator[Tuple[str, Any]]:
-    datasets = get(node, 'datasets')
+def _leaves(node: Any, name: str, get) -> Iterator[Tuple[str, Any]]:
+    datasets, dataset = get(node, 'datasets'), get(node, 'dataset')
     if isinstance(datasets, (list, tuple)):
-        for i, child in enumerate(datasets):
-            yield f'{name}.datasets[{i}]', child
-    elif get(node, 'dataset') is not None:
-        yield f'{name}.dataset', get(node, 'dataset')
+        children = [(f'{name}.datasets[{i}]', child) for i, child in enumerate(datasets)]
+    else:
+        children = [] if dataset is None else [(f'{name}.dataset', dataset)]
+    if not children:
+        yield name, node
+    for child_name, child in children:
+        yield from _leaves(child, child_name, get)
 
 
 def _config_get(node: Any, key: str) -> Any:
@@ -22,36 +20,13 @@ def _config_get(node: Any, key: str) -> Any:
 
 
 def leaf_configs(dataset_cfg: dict, name: str) -> Iterator[Tuple[str, dict]]:
-    """The configs of the datasets that read files, with their names.
-
-    Args:
-        dataset_cfg (dict): A ``dataset`` entry of a dataloader, wrapper or not.
-        name (str): Its name, e.g. ``'train_dataloader.dataset'``.
-
-    Yields:
-        tuple[str, dict]: (name, config) of each leaf, in order. Datasets given as
-        built objects inside a wrapper config are skipped.
-    """
-    children = list(_children(dataset_cfg, name, _config_get))
-    if not children:
-        if isinstance(dataset_cfg, dict):
-            yield name, dataset_cfg
-    for child_name, child in children:
-        yield from leaf_configs(child, child_name)
+    """``(name, config)`` of each dataset that reads files in a ``dataset`` entry named
+    ``name`` (e.g. ``'train_dataloader.dataset'``), in order; built objects skipped."""
+    return ((leaf_name, leaf) for leaf_name, leaf in _leaves(dataset_cfg, name, _config_get)
+            if isinstance(leaf, dict))
 
 
 def leaf_datasets(dataset: Any, name: str) -> Iterator[Tuple[str, Any]]:
-    """The built datasets that read files, with the names :func:`leaf_configs` gives.
-
-    Args:
-        dataset: A built dataset, wrapper or not.
-        name (str): Its name, e.g. ``'train_dataloader.dataset'``.
-
-    Yields:
-        tuple[str, BaseDataset]: (name, dataset) of each leaf, in order.
-    """
-    children = list(_children(dataset, name, lambda node, key: getattr(node, key, None)))
-    if not children:
-        yield name, dataset
-    for child_name, child in children:
-        yield from leaf_datasets(child, child_name)
+    """``(name, dataset)`` of each built dataset that reads files in ``dataset``, named as
+    :func:`leaf_configs` names them."""
+    return _leaves(dataset, name, lambda node, key: getattr(node, key, None))

@@ -1,18 +1,5 @@
-"""What an exported file carries besides its graph: the classes and palette for
-overlays, and the preprocessing that the graph leaves to its caller (resizing, padding).
-
-Every value is JSON text under its key in the ONNX file's ``metadata_props``:
-
-- ``classes``, ``palette``: class names and their RGB colours.
-- ``resize``: the config's test-pipeline ``Resize`` as ``{"scale": [w, h],
-  "keep_ratio": bool, "interpolation": str}``, or null if it has none.
-- ``size_divisor``: input sides must be multiples of it (the backbone's patch size or
-  the data preprocessor's ``size_divisor``).
-- ``pad_value``: the RGB colour that pads an image to the input size; it becomes the
-  data preprocessor's ``pad_val`` after normalisation.
-- ``align_corners``: how the logits are resized (bilinear) to the image's size.
-- ``source``: the config and checkpoint the file was exported from.
-"""
+"""What an exported file carries besides its graph: JSON text under each key of its
+``metadata_props`` (the keys: docs/deployment.md)."""
 import json
 import os.path as osp
 from typing import Dict, List, Optional
@@ -28,12 +15,9 @@ INTERPOLATIONS = ('nearest', 'bilinear', 'bicubic', 'area', 'lanczos')
 
 
 def test_resize(cfg: Config) -> Optional[Dict]:
-    """The ``Resize`` step of the test pipeline of ``cfg`` (its first dataset) as
-    ``{'scale': [w, h], 'keep_ratio': bool, 'interpolation': str}``; None without one.
-
-    Raises:
-        ValueError: A ``Resize`` by ``scale_factor`` or with an unknown interpolation.
-    """
+    """The ``Resize`` of the test pipeline of ``cfg`` (its first dataset) as ``{'scale':
+    [w, h], 'keep_ratio': bool, 'interpolation': str}``; None without one; ValueError for
+    a ``Resize`` by ``scale_factor`` or with an unknown interpolation."""
     _, dataset = next(leaf_configs(cfg.test_dataloader.dataset, 'test_dataloader.dataset'))
     for step in dataset.get('pipeline') or []:
         if step.get('type') not in RESIZE_TYPES:
@@ -51,12 +35,8 @@ def test_resize(cfg: Config) -> Optional[Dict]:
 
 
 def dataset_meta(cfg: Config, meta: Dict, num_classes: int) -> Dict[str, List]:
-    """Class names and palette: the checkpoint's ``meta['dataset_meta']`` (as the training
-    tools write it), else the test dataset's ``METAINFO``.
-
-    Raises:
-        ValueError: There are no classes or palette, or not ``num_classes`` of them.
-    """
+    """Class names and palette: the checkpoint's ``meta['dataset_meta']``, else the test
+    dataset's ``METAINFO``; ValueError unless there are ``num_classes`` of them."""
     info = meta.get('dataset_meta')
     where = 'the checkpoint\'s meta.dataset_meta'
     if not info:
@@ -71,8 +51,7 @@ def dataset_meta(cfg: Config, meta: Dict, num_classes: int) -> Dict[str, List]:
 
 
 def input_divisor(model: EncoderDecoder) -> int:
-    """What the input sides must be multiples of: the data preprocessor's test-time
-    ``size_divisor`` if it has one, else the backbone's patch size, else 1."""
+    """The data preprocessor's test-time ``size_divisor``, else the patch size, else 1."""
     test_cfg = getattr(model.data_preprocessor, 'test_cfg', None) or {}
     return int(test_cfg.get('size_divisor') or getattr(model.backbone, 'patch_size', 1))
 
@@ -90,14 +69,8 @@ def pad_colour(model: EncoderDecoder) -> List[float]:
 
 def deploy_metadata(cfg: Config, model: EncoderDecoder, meta: Dict,
                     checkpoint: str) -> Dict[str, str]:
-    """The metadata of the exported file of ``model`` (see the module's docstring).
-
-    Args:
-        cfg (Config): The config the model was built from.
-        model (EncoderDecoder): The model.
-        meta (dict): The checkpoint's ``meta``.
-        checkpoint (str): The checkpoint file.
-    """
+    """The metadata (key -> JSON text) of the file exported from ``model``, built from
+    ``cfg``, and the ``meta`` of its ``checkpoint`` file."""
     values = dict(dataset_meta(cfg, meta, model.decode_head.out_channels),
                   resize=test_resize(cfg), size_divisor=input_divisor(model),
                   pad_value=pad_colour(model), align_corners=bool(model.align_corners),

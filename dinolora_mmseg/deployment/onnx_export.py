@@ -1,12 +1,6 @@
-"""ONNX export of a :class:`SegmentorGraph` and the check that onnxruntime computes it.
-
-The file's input ``image`` is ``(B, 3, H, W)`` float32 RGB in 0..255 and its output
-``logits`` is ``(B, num_classes, H, W)`` float32; the batch size is free. At a fixed
-``(H, W)`` the backbone's position tables are constants of the file; with
-``dynamic=True`` ``H`` and ``W`` are any multiples of the size divisor.
-"""
+"""ONNX export of a :class:`SegmentorGraph` and the check that onnxruntime computes it
+(the file's format: docs/deployment.md)."""
 import contextlib
-import json
 import os
 import os.path as osp
 import shutil
@@ -18,6 +12,7 @@ import torch
 from mmseg.models.decode_heads import Mask2FormerHead
 from mmseg.models.utils import Upsample
 
+from ..datasets.data_checks import read_image_file
 from ..models.backbones.dinov2 import DINOv2
 from .segmentor_graph import SegmentorGraph, fix_position_tables
 
@@ -25,14 +20,8 @@ INPUT_NAME, OUTPUT_NAME = 'image', 'logits'
 
 
 def onnxruntime_session(path: str, threads: Optional[int] = None, arena: bool = True):
-    """An onnxruntime CPU session of ``path`` with every graph optimisation.
-
-    Args:
-        path (str): The ``.onnx`` file.
-        threads (int, optional): Intra-op threads; default onnxruntime's choice.
-        arena (bool): onnxruntime's CPU memory arena, which keeps the memory of a run
-            for the next; without it memory is freed after each run.
-    """
+    """An onnxruntime CPU session of ``path`` with every graph optimisation, ``threads``
+    intra-op threads (default onnxruntime's choice) and its memory arena if ``arena``."""
     import onnxruntime
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -43,11 +32,7 @@ def onnxruntime_session(path: str, threads: Optional[int] = None, arena: bool = 
 
 
 def check_exportable(graph: SegmentorGraph) -> None:
-    """Refuse models that ``torch.export`` cannot trace.
-
-    Raises:
-        ValueError: A Mask2Former head; the message says why and what runs instead.
-    """
+    """Refuse a Mask2Former head, which ``torch.export`` cannot trace (ValueError)."""
     if isinstance(graph.segmentor.decode_head, Mask2FormerHead):
         raise ValueError(
             'ONNX export of Mask2Former is not supported: mmdet\'s pixel decoder '
@@ -58,11 +43,8 @@ def check_exportable(graph: SegmentorGraph) -> None:
 
 
 def check_dynamic_support(graph: SegmentorGraph) -> None:
-    """Refuse ``--dynamic`` for models with an operator the exporter fixes at one size.
-
-    Raises:
-        ValueError: Names the operator and what to do instead.
-    """
+    """Refuse ``--dynamic`` for a model with an operator the exporter fixes at one size
+    (ValueError naming it)."""
     upsamples = [name for name, m in graph.named_modules()
                  if isinstance(m, Upsample) and m.size is None]
     if upsamples:
@@ -83,23 +65,11 @@ def check_dynamic_support(graph: SegmentorGraph) -> None:
 
 
 def export_onnx(graph: SegmentorGraph, example: torch.Tensor, dynamic: bool, size_divisor: int):
-    """Export ``graph`` with ``torch.onnx.export(dynamo=True)``; the ONNX program.
-
-    At a fixed size the position tables of the backbone are precomputed for
-    ``example``'s size first (``graph`` is changed in place).
-
-    Args:
-        graph (SegmentorGraph): The model to export.
-        example (torch.Tensor): ``(B, 3, H, W)`` input at the export size (the batch size
-            of the file is free whatever ``B`` is).
-        dynamic (bool): Free ``H`` and ``W`` (multiples of ``size_divisor``).
-        size_divisor (int): What the input sides must be multiples of when ``dynamic``.
-
-    Raises:
-        ValueError: A model that does not export (:func:`check_exportable`), ``dynamic``
-            for a model that cannot support it (:func:`check_dynamic_support`), or the
-            exporter could not keep the size symbolic (the message has its reason).
-    """
+    """The ONNX program of ``graph`` at ``example``'s size, the batch size free (``H``
+    and ``W`` too, multiples of ``size_divisor``, if ``dynamic``; else the backbone's
+    position tables become constants, in place). ValueError from
+    :func:`check_exportable`, :func:`check_dynamic_support`, or where the exporter cannot
+    keep the size symbolic (with its reason)."""
     check_exportable(graph)
     if example.shape[0] == 1:  # torch.export fixes dimensions of size 1
         example = example.expand(2, -1, -1, -1)
@@ -126,13 +96,9 @@ def export_onnx(graph: SegmentorGraph, example: torch.Tensor, dynamic: bool, siz
 
 @contextlib.contextmanager
 def staged_onnx(program, out: str, metadata: Dict[str, str]) -> Iterator[str]:
-    """Write the ONNX program with ``metadata`` (key -> JSON text) to a temporary folder
-    next to ``out``; yield the temporary file to check; then move it onto ``out``.
-
-    Models over 2 GB keep their weights in ``out + '.data'`` next to it (ONNX's limit
-    for one file), moved into place before the model. If the block raises, nothing
-    is moved and an existing ``out`` is left as it was.
-    """
+    """Write the ONNX program with ``metadata`` (key -> JSON text) next to ``out``; yield
+    that file to check; then move it (and its weights over 2 GB, ``out + '.data'``, first)
+    onto ``out``. If the block raises, nothing is moved."""
     for key, value in metadata.items():
         program.model.metadata_props[key] = value
     folder = osp.dirname(osp.abspath(out))
@@ -148,23 +114,12 @@ def staged_onnx(program, out: str, metadata: Dict[str, str]) -> Iterator[str]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def read_metadata(session) -> Dict:
-    """The metadata of an exported file (see :func:`staged_onnx`), values decoded."""
-    return {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
-
-
 def sample_images(size: Sequence[int], batch: int, path: Optional[str] = None) -> torch.Tensor:
-    """``(batch, 3, H, W)`` float32 RGB photos to compare runtimes on.
-
-    ``path`` (any image file) or photos that ship with scikit-image (astronaut, coffee,
-    chelsea, rocket), resized to ``size``.
-    """
+    """``(batch, 3, H, W)`` float32 RGB photos to compare runtimes on: ``path`` or
+    scikit-image's, resized to ``size``."""
     import cv2
     if path is not None:
-        bgr = cv2.imread(path)
-        if bgr is None:
-            raise ValueError(f'{path}: cannot be read as an image')
-        photos = [bgr[..., ::-1]] * batch
+        photos = [read_image_file(path)[..., ::-1]] * batch
     else:
         import skimage.data
         names = ('astronaut', 'coffee', 'chelsea', 'rocket')
@@ -177,14 +132,8 @@ def sample_images(size: Sequence[int], batch: int, path: Optional[str] = None) -
 
 def max_logit_difference(session, graph: SegmentorGraph, images: torch.Tensor,
                          expected: Optional[torch.Tensor] = None) -> float:
-    """Largest absolute difference between onnxruntime's and PyTorch's logits.
-
-    Args:
-        session: onnxruntime session of the exported file.
-        graph (SegmentorGraph): The PyTorch model.
-        images (torch.Tensor): ``(B, 3, H, W)`` float32 RGB input.
-        expected (torch.Tensor, optional): PyTorch's logits if already computed.
-    """
+    """Largest absolute difference between the logits of onnxruntime's ``session`` and
+    of ``graph`` (or ``expected``, if already computed) for ``images``."""
     if expected is None:
         with torch.no_grad():
             expected = graph(images)
@@ -194,13 +143,9 @@ def max_logit_difference(session, graph: SegmentorGraph, images: torch.Tensor,
 
 def check_second_size(session, graph: SegmentorGraph, images: torch.Tensor,
                       size_divisor: int, tolerance: float) -> Tuple[Tuple[int, int], float]:
-    """Check a dynamic export at another size and batch: the export size plus one and
-    two ``size_divisor`` steps, two images. Returns that size and the difference.
-
-    Raises:
-        ValueError: onnxruntime fails there (the message names its node) or differs
-            from PyTorch by more than ``tolerance``.
-    """
+    """That size and the difference, after checking a dynamic export one and two
+    ``size_divisor`` steps larger, with two images (ValueError if onnxruntime fails there
+    or differs by more than ``tolerance``)."""
     H, W = images.shape[2:]
     size = (H + size_divisor, W + 2 * size_divisor)
     other = torch.nn.functional.interpolate(images[:1].expand(2, -1, -1, -1), size=size,

@@ -1,3 +1,4 @@
+import json
 import math
 from typing import List, Optional, Tuple
 
@@ -7,30 +8,21 @@ from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 from mmseg.utils import OptSampleList, SampleList
 
-from .onnx_export import INPUT_NAME, OUTPUT_NAME, onnxruntime_session, read_metadata
+from .onnx_export import INPUT_NAME, OUTPUT_NAME, onnxruntime_session
 
 
 @MODELS.register_module()
 class ONNXRuntimeSegmentor(BaseSegmentor):
-    """A file of ``tools/deployment/pytorch2onnx.py`` as an MMSeg segmentor, run by
-    onnxruntime on the CPU: the stock test loop and evaluator work with it
-    (``tools/deployment/deploy_test.py``).
-
-    The file normalises its input itself, so the data preprocessor only makes RGB
-    float images of the test pipeline's output. Each batch is padded with the file's
-    pad colour (what the original data preprocessor's padding amounts to) to the
-    file's fixed input size, or for a file exported with ``--dynamic`` to multiples of
-    its size divisor; the logits are cropped and resized to each image's original size
-    as ``EncoderDecoder`` does.
+    """A file of ``tools/deployment/pytorch2onnx.py`` as an MMSeg segmentor run by
+    onnxruntime on the CPU: batches are padded with the file's pad colour to its input
+    size, the logits cropped and resized back as ``EncoderDecoder`` does.
 
     Args:
         onnx_file (str): The exported ``.onnx`` file.
-        data_preprocessor (dict, optional): Without ``mean`` and ``std``. Default:
-            ``SegDataPreProcessor`` with ``bgr_to_rgb=True`` (for images loaded by
-            ``LoadImageFromFile``). A Runner gives a model config without one the
-            config's top-level ``data_preprocessor``: set it.
-        threads (int, optional): onnxruntime intra-op threads; default its own choice.
-        init_cfg (dict, optional): Unused (no weights to initialise); MMEngine's argument.
+        data_preprocessor (dict, optional): Without ``mean`` and ``std`` (the file
+            normalises). Default: ``SegDataPreProcessor`` with ``bgr_to_rgb=True``.
+        threads (int, optional): onnxruntime intra-op threads.
+        init_cfg (dict, optional): Unused (no weights to initialise).
     """
 
     def __init__(self, onnx_file: str, data_preprocessor: Optional[dict] = None,
@@ -42,8 +34,8 @@ class ONNXRuntimeSegmentor(BaseSegmentor):
                              'ONNXRuntimeSegmentor must not (leave out mean and std)')
         self.onnx_file = onnx_file
         self.session = onnxruntime_session(onnx_file, threads)
-        self.io_names = INPUT_NAME, OUTPUT_NAME
-        meta = read_metadata(self.session)
+        meta = {key: json.loads(value)
+                for key, value in self.session.get_modelmeta().custom_metadata_map.items()}
         missing = {'pad_value', 'size_divisor', 'align_corners'} - set(meta)
         if missing:
             raise ValueError(f'{onnx_file} has no {sorted(missing)} in its metadata: it was '
@@ -56,11 +48,8 @@ class ONNXRuntimeSegmentor(BaseSegmentor):
         self.fixed_size = tuple(size) if all(isinstance(s, int) for s in size) else None
 
     def input_size(self, height: int, width: int) -> Tuple[int, int]:
-        """The file's input size for images of ``height`` x ``width``.
-
-        Raises:
-            ValueError: The images are larger than the file's fixed input size.
-        """
+        """The file's input size for images of ``height`` x ``width`` (ValueError if they
+        are larger than its fixed size)."""
         if self.fixed_size is None:
             d = self.size_divisor
             return math.ceil(height / d) * d, math.ceil(width / d) * d
@@ -77,8 +66,7 @@ class ONNXRuntimeSegmentor(BaseSegmentor):
         H, W = self.input_size(h, w)
         padded = self.pad_value.expand(B, 3, H, W).clone()
         padded[:, :, :h, :w] = inputs
-        image, logits = self.io_names
-        out = self.session.run([logits], {image: padded.cpu().numpy()})[0]
+        out = self.session.run([OUTPUT_NAME], {INPUT_NAME: padded.cpu().numpy()})[0]
         return torch.from_numpy(out).to(inputs.device)
 
     def predict(self, inputs: torch.Tensor, data_samples: OptSampleList = None) -> SampleList:

@@ -1,11 +1,4 @@
-"""A trained segmentor as one tensor function for deployment: RGB images in, logits out.
-
-:func:`build_deploy_segmentor` loads a config and checkpoint and turns the model into
-what export and compilation need: LoRA adapters folded into plain ``nn.Linear`` layers
-(no adapter tensors left), SyncBN as BN, float32 weights, evaluation mode.
-:class:`SegmentorGraph` adds the data preprocessor's channel order and normalisation
-in front, so that its input is an RGB image batch as read from files.
-"""
+"""A trained segmentor as one tensor function for deployment: RGB images in, logits out."""
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
@@ -26,21 +19,9 @@ from ..utils.checkpoint_file import is_trusted
 
 def class_scores(head: Union[BaseDecodeHead, Mask2FormerHead], feats: Sequence[torch.Tensor],
                  size: Sequence[int]) -> torch.Tensor:
-    """The per-pixel class scores ``(B, num_classes, *size)`` of a decode head on the
-    features ``feats``, at ``size`` (the padded input's), as the head's ``predict``
-    computes them.
-
-    A per-pixel head's ``forward`` logits are resized bilinearly with its
-    ``align_corners``. Mask2Former's are its semantic combination of the last decoder
-    layer: the query masks resized bilinearly to ``size``, then per class the sum over
-    queries of the class probability (softmax without the no-object class) times the
-    mask probability (sigmoid).
-
-    Args:
-        head (BaseDecodeHead | Mask2FormerHead): The segmentor's decode head.
-        feats (Sequence[torch.Tensor]): What ``extract_feat`` gives for the input.
-        size (Sequence[int]): ``(H, W)`` of the scores.
-    """
+    """The class scores ``(B, num_classes, *size)`` of a decode head on ``feats`` (what
+    ``extract_feat`` gives), as its ``predict`` computes them (Mask2Former: the semantic
+    combination of the last decoder layer's class and mask probabilities)."""
     if isinstance(head, Mask2FormerHead):
         cls_scores, mask_logits = head(feats, [])  # its forward reads no data sample
         masks = F.interpolate(mask_logits[-1], size=size, mode='bilinear',
@@ -52,20 +33,14 @@ def class_scores(head: Union[BaseDecodeHead, Mask2FormerHead], feats: Sequence[t
 
 
 class SegmentorGraph(nn.Module):
-    """``logits = graph(images)`` for an ``EncoderDecoder`` in ``'whole'`` test mode.
-
-    ``images`` are ``(B, 3, H, W)`` float32 RGB values in 0..255; ``logits`` are
-    ``(B, num_classes, H, W)`` float32, the decode head's :func:`class_scores` at the
-    input's size, as ``EncoderDecoder.encode_decode`` returns them for an input that the
-    data preprocessor has converted and normalised.
+    """``logits = graph(images)``: what ``encode_decode`` returns for ``(B, 3, H, W)``
+    float32 RGB images in 0..255 after the data preprocessor (``'whole'`` test mode).
 
     Args:
         segmentor (EncoderDecoder): The model, in evaluation mode.
-        mean (Sequence[float], optional): Per-channel mean of the data preprocessor, in
-            the channel order the model sees; None for no normalisation.
-        std (Sequence[float], optional): Per-channel standard deviation, likewise.
-        model_sees_rgb (bool): Whether the model was trained on RGB inputs (the data
-            preprocessor's ``bgr_to_rgb``); otherwise the channels are reversed first.
+        mean, std (Sequence[float], optional): The data preprocessor's, in the model's
+            channel order; None for no normalisation.
+        model_sees_rgb (bool): The data preprocessor's ``bgr_to_rgb``.
     """
 
     def __init__(self, segmentor: EncoderDecoder, mean: Optional[Sequence[float]],
@@ -86,57 +61,35 @@ class SegmentorGraph(nn.Module):
                             x.shape[2:])
 
 
-class FixedGridTable:
-    """Stands in for a method that computes position information for a patch grid,
-    returning what it computed once for one grid.
-
-    Args:
-        value: The method's result for ``grid``.
-        grid (tuple[int, int]): ``(h, w)`` in patches.
-        what (str): What the value is, for the error message.
-    """
-
-    def __init__(self, value, grid: Tuple[int, int], what: str):
-        self.value, self.grid, self.what = value, grid, what
-
-    def __call__(self, h: int, w: int):
-        if (h, w) != self.grid:
-            raise ValueError(f'this model was prepared for a {self.grid[0]}x{self.grid[1]} '
-                             f'patch grid ({self.what} precomputed), got {h}x{w}')
-        return self.value
+def _fixed_grid_table(value, grid: Tuple[int, int], what: str):
+    """A stand-in for a method of a patch grid's positions: ``value``, for ``grid`` only."""
+    def table(h: int, w: int):
+        if (h, w) != grid:
+            raise ValueError(f'this model was prepared for a {grid[0]}x{grid[1]} patch grid '
+                             f'({what} precomputed), got {h}x{w}')
+        return value
+    return table
 
 
 @torch.no_grad()
 def fix_position_tables(backbone: nn.Module, image_size: Sequence[int]) -> None:
-    """Precompute a DINO backbone's positions for one input size, in place.
-
-    DINOv2's resized position embedding and DINOv3's RoPE sin/cos tables become
-    constants of the model for the patch grid of ``image_size``; other backbones are
-    left as they are.
-
-    Args:
-        backbone (nn.Module): The segmentor's backbone.
-        image_size (Sequence[int]): ``(H, W)`` of the inputs, in pixels.
-    """
+    """Make a DINO backbone's position embedding or RoPE tables constants for inputs of
+    ``image_size`` ``(H, W)``, in place; other backbones are left as they are."""
     if not isinstance(backbone, DINOViTBase):
         return
     p = backbone.patch_size
     grid = (-(-image_size[0] // p), -(-image_size[1] // p))
     if isinstance(backbone, DINOv2):
         table = backbone.interpolate_pos_encoding(*grid).detach().clone()
-        backbone.interpolate_pos_encoding = FixedGridTable(table, grid, 'position embedding')
+        backbone.interpolate_pos_encoding = _fixed_grid_table(table, grid, 'position embedding')
     else:
         rope = tuple(t.detach().clone() for t in backbone._rope(*grid))
-        backbone._rope = FixedGridTable(rope, grid, 'RoPE tables')
+        backbone._rope = _fixed_grid_table(rope, grid, 'RoPE tables')
 
 
 def check_deployable(cfg: Config, model: nn.Module) -> None:
-    """Refuse models whose test-time computation a :class:`SegmentorGraph` is not.
-
-    Raises:
-        ValueError: Not an ``EncoderDecoder`` (or a subclass), a sliding-window test mode,
-            or a binary (one output channel) decode head; the message says what to do.
-    """
+    """Refuse a model that is not an ``EncoderDecoder`` in ``'whole'`` mode with a
+    multi-class head (ValueError saying what to do)."""
     name = cfg.filename or 'the config'
     if not isinstance(model, EncoderDecoder) or type(model).encode_decode is not (
             EncoderDecoder.encode_decode):
@@ -153,14 +106,8 @@ def check_deployable(cfg: Config, model: nn.Module) -> None:
 
 
 def build_deploy_segmentor(cfg: Config, checkpoint: str) -> Tuple[EncoderDecoder, Dict]:
-    """Build the model of ``cfg`` with ``checkpoint`` (:func:`build_model`) and prepare
-    it for export.
-
-    Returns:
-        tuple: ``(model, meta)``: the model without LoRA adapters (folded into the
-        weights), with BN for SyncBN, in float32 and evaluation mode; the checkpoint's
-        ``dataset_meta`` as ``{'dataset_meta': ...}`` (``{}`` if it has none).
-    """
+    """The model of ``cfg`` with ``checkpoint`` (:func:`build_model`), LoRA folded, BN for
+    SyncBN, float32, in eval mode; and ``{'dataset_meta': ...}`` (``{}`` if it has none)."""
     model = build_model(cfg)
     check_deployable(cfg, model)
     load_model_checkpoint(model, checkpoint, trusted=is_trusted(cfg, checkpoint))
@@ -176,8 +123,6 @@ def segmentor_graph(model: EncoderDecoder) -> SegmentorGraph:
     """The :class:`SegmentorGraph` of ``model`` with its data preprocessor's settings."""
     preprocessor = model.data_preprocessor
     normalise = getattr(preprocessor, '_enable_normalize', False)
-    return SegmentorGraph(
-        model,
-        preprocessor.mean.flatten().tolist() if normalise else None,
-        preprocessor.std.flatten().tolist() if normalise else None,
-        getattr(preprocessor, "channel_conversion", False)).eval()
+    return SegmentorGraph(model, preprocessor.mean.flatten().tolist() if normalise else None,
+                          preprocessor.std.flatten().tolist() if normalise else None,
+                          getattr(preprocessor, 'channel_conversion', False)).eval()

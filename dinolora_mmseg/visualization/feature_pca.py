@@ -1,5 +1,4 @@
-"""Colour patch features by two PCAs fit over the patches of several images together,
-as the DINOv2 and DINOv3 papers show them."""
+"""Patch features as colours, by two PCAs, as the DINOv2 and DINOv3 papers show them."""
 from typing import List, Sequence, Tuple
 
 import mmcv
@@ -11,22 +10,19 @@ from sklearn.preprocessing import minmax_scale
 
 def pca_maps(features: Sequence[np.ndarray], threshold: float = 0.5,
              direction: str = 'auto') -> Tuple[List[np.ndarray], List[np.ndarray]]:
-    """Colour patch features by two PCAs fit over the patches of all images together.
-
-    The first principal component, min-max scaled to [0, 1], separates foreground
-    (above ``threshold``) from background. A 3-component PCA of the foreground patches,
-    each component min-max scaled to [0, 1], gives their RGB colour; background is black.
+    """Colour patch features by two PCAs fit over the patches of all images together: the
+    first component, scaled to [0, 1], separates foreground (above ``threshold``); a
+    3-component PCA of the foreground gives its RGB colours (background black).
 
     Args:
         features (Sequence[np.ndarray]): ``(h, w, C)`` patch features per image.
         threshold (float): Foreground threshold on the scaled first component, in [0, 1].
-        direction (str): ``'positive'``: foreground is where the first component is
-            high; ``'negative'``: where it is low; ``'auto'``: the sign for which most
-            patches on the image borders are background.
+        direction (str): Foreground where the first component is high (``'positive'``),
+            low (``'negative'``), or whichever leaves most border patches background.
 
     Returns:
-        tuple[list[np.ndarray], list[np.ndarray]]: Per image, the ``(h, w, 3)`` float
-        RGB map in [0, 1] and the ``(h, w)`` boolean foreground mask.
+        tuple[list, list]: Per image, the ``(h, w, 3)`` RGB map in [0, 1] and the
+        ``(h, w)`` boolean foreground mask.
     """
     if not 0 <= threshold <= 1:
         raise ValueError(f'threshold must be in [0, 1], got {threshold}')
@@ -67,14 +63,8 @@ def _border(grid: np.ndarray) -> np.ndarray:
 
 def make_grid(images: Sequence[np.ndarray], maps: Sequence[np.ndarray],
               height: int = 224) -> np.ndarray:
-    """The images in the top row, their maps (nearest upsampling) in the row below.
-
-    Every image is scaled to ``height`` keeping its aspect ratio; its map to the same
-    size, so each map lies over its image.
-
-    Returns:
-        np.ndarray: RGB uint8 ``(2 * height, sum of the scaled widths, 3)``.
-    """
+    """RGB uint8: the images in the top row, scaled to ``height``, their maps (nearest
+    upsampling to the same size) in the row below."""
     columns = []
     for image, colours in zip(images, maps):
         size = (max(1, round(image.shape[1] * height / image.shape[0])), height)

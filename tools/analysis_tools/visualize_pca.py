@@ -18,7 +18,6 @@ images in the top row, their PCA maps below.
 """
 import argparse
 import logging
-import os.path as osp
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import mmcv
@@ -28,6 +27,7 @@ from mmengine.config import DictAction
 from mmengine.device import get_device
 from mmengine.logging import print_log
 from mmengine.utils import track_iter_progress
+from dinolora_mmseg.datasets.data_checks import read_image_file
 from dinolora_mmseg.models import build_model
 from dinolora_mmseg.models.backbones import DINOv2, DINOv3
 from dinolora_mmseg.models.backbones.dino_vit_base import DINOViTBase
@@ -65,18 +65,8 @@ def config_normalisation(preprocessor: Dict) -> Normalisation:
 
 
 def load_image(path: str) -> np.ndarray:
-    """Read an image file as RGB uint8 ``(H, W, 3)``.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: ``path`` is not an image OpenCV can decode.
-    """
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'Image not found: {path}')
-    image = mmcv.imread(path)
-    if image is None:
-        raise ValueError(f'Cannot read {path} as an image (not a format OpenCV decodes)')
-    return mmcv.bgr2rgb(image)
+    """An image file as RGB uint8 ``(H, W, 3)`` (errors of :func:`read_image_file`)."""
+    return mmcv.bgr2rgb(read_image_file(path))
 
 
 def build_backbone(family: str = 'dinov2',

@@ -203,10 +203,7 @@ def parse_args(argv=None):
     parser.add_argument('--opacity', type=float, default=0.5,
                         help='opacity of the painted prediction, in (0, 1]')
     parser.add_argument('--threads', type=int, help='onnxruntime intra-op threads')
-    args = parser.parse_args(argv)
-    if not 0 < args.opacity <= 1:
-        parser.error(f'--opacity must be in (0, 1], got {args.opacity}')
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv=None):

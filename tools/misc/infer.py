@@ -13,7 +13,6 @@ import os.path as osp
 import warnings
 from typing import List, Optional, Sequence
 
-import mmcv
 from mmengine.config import DictAction
 from mmengine.utils import track_iter_progress
 from mmseg.apis import MMSegInferencer
@@ -21,7 +20,7 @@ from mmseg.utils import get_classes, get_palette
 
 import dinolora_mmseg  # noqa: F401  (registers the DINOv2 backbone)
 from dinolora_mmseg.datasets import leaf_configs
-from dinolora_mmseg.datasets.data_checks import check_image_file
+from dinolora_mmseg.datasets.data_checks import read_image_file
 from dinolora_mmseg.deployment import compile_segmentor
 from dinolora_mmseg.models import build_model
 from dinolora_mmseg.utils.atomic_write import atomic_write_image
@@ -43,25 +42,18 @@ class Inferencer(MMSegInferencer):
         return model
 
 
-def check_images(paths: Sequence[str], out_dir: str) -> List[str]:
-    """The output path of each image, after checking that all can be read.
+def check_inputs(paths: Sequence[str], out_dir: str, opacity: float) -> List[str]:
+    """The output path of each image, after :func:`read_image_file` read all of them.
 
     Raises:
-        FileNotFoundError: An image does not exist.
-        ValueError: An image is empty, truncated or cannot be decoded (the message names
-            it and says which), or two images have the same file name (their overlays
-            would overwrite each other).
+        ValueError: Also where two images have the same file name, or for an opacity
+            outside (0, 1].
     """
+    if not 0 < opacity <= 1:
+        raise ValueError(f'opacity must be in (0, 1], got {opacity}')
     outputs = {}
     for path in paths:
-        check_image_file(path)
-        try:
-            image = mmcv.imread(path)
-        except Exception as error:
-            raise ValueError(f'{path}: cannot be decoded as an image ({error})') from None
-        if image is None:
-            raise ValueError(f'{path}: cannot be decoded as an image (not a format OpenCV '
-                             'decodes)')
+        read_image_file(path)
         out = osp.join(out_dir, osp.splitext(osp.basename(path))[0] + '.png')
         if out in outputs:
             raise ValueError(f'{outputs[out]} and {path} would both be written to {out}')
@@ -89,9 +81,7 @@ def infer(images: Sequence[str], config: str, checkpoint: str, out_dir: str,
     Returns:
         list[str]: The written PNG files, in the order of ``images``.
     """
-    if not 0 < opacity <= 1:
-        raise ValueError(f'opacity must be in (0, 1], got {opacity}')
-    outputs = check_images(images, out_dir)
+    outputs = check_inputs(images, out_dir, opacity)
     cfg = load_config(config, cfg_options)
     # The inferencer takes the test pipeline of test_dataloader.dataset: that of the
     # first dataset where it is a wrapper (ConcatDataset).
@@ -121,10 +111,7 @@ def parse_args():
                         help='run the model through torch.compile (inductor, weights frozen)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings of the config, key=value')
-    args = parser.parse_args()
-    if not 0 < args.opacity <= 1:
-        parser.error(f'--opacity must be in (0, 1], got {args.opacity}')
-    return args
+    return parser.parse_args()
 
 
 def main():

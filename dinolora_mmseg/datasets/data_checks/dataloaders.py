@@ -1,25 +1,13 @@
-"""Checks of the datasets of a config before a run, so bad data fails at once with an
-error that names the file and what is wrong with it.
-
-Without them a missing folder or file, an empty or truncated image, a label map of
-several channels, with values above 255 (cast to uint8 and wrapped) or of another size
-than its image, surfaces deep inside a data-loader worker as an error that names no
-file, or not at all: training runs on wrong labels and testing reports a wrong mIoU.
-
-Why next to the ``CheckSegMap`` pipeline step: the scan sees what that step cannot (a
-16-bit value above 255 already wrapped by ``LoadAnnotations``' uint8 cast, an image and
-label of different sizes, a truncated file) and lists every bad file before a model is
-built; ``CheckSegMap`` guards runs that do not go through this project's tools.
-"""
+"""Checks of a config's datasets before a run: bad data fails at once, naming the file and
+what is wrong with it (docs/reliability.md says what is checked and why)."""
 import copy
 import logging
 import os
 import os.path as osp
 from typing import Callable, Dict, List, NamedTuple, Optional, TypeVar
 
-import torch.distributed as dist
-from mmengine.config import ConfigDict
 from mmengine.dataset import BaseDataset
+from mmengine.dist import broadcast_object_list, get_rank, get_world_size
 from mmengine.logging import print_log
 from mmengine.registry import DefaultScope
 from mmseg.registry import DATASETS
@@ -34,17 +22,13 @@ T = TypeVar('T')
 
 
 def check_layout(cfg: Dict, name: str) -> None:
-    """Check the ``data_root``, folders and split file of a dataset config (not a wrapper).
-
-    Raises:
-        FileNotFoundError: One is missing; the message names it.
-    """
-    cfg = ConfigDict(cfg)
+    """Check the ``data_root``, folders and split file of a dataset config (not a
+    wrapper); FileNotFoundError naming one that is missing."""
     root = cfg.get('data_root') or ''
     if root and not osp.isdir(root):
         raise FileNotFoundError(f'{name}: data_root {root!r} does not exist (set data_root in '
                                 'the config, or put the dataset there; see the README)')
-    for key, folder in cfg.get('data_prefix', {}).items():
+    for key, folder in (cfg.get('data_prefix') or {}).items():
         if folder and not osp.isdir(osp.join(root, folder)):
             raise FileNotFoundError(f'{name}: the {key} folder {osp.join(root, folder)!r} is '
                                     f'missing under data_root {root!r}')
@@ -55,10 +39,8 @@ def check_layout(cfg: Dict, name: str) -> None:
 
 
 def _unserialized(dataset_cfg: Dict) -> Dict:
-    """A copy of ``dataset_cfg`` whose datasets keep their sample lists unserialized:
-    MMEngine's serialization runs a full garbage collection per dataset (slow once torch
-    is loaded: docs/performance.md), which a check that builds the datasets only to list
-    them skips."""
+    """A copy of ``dataset_cfg`` with ``serialize_data=False`` for its datasets: MMEngine's
+    serialization runs a full garbage collection per dataset (docs/performance.md)."""
     dataset_cfg = copy.deepcopy(dataset_cfg)
     for _, leaf_cfg in leaf_configs(dataset_cfg, ''):
         dataset_type = leaf_cfg.get('type')
@@ -84,11 +66,12 @@ def _sample_paths(dataset, name: str) -> List[tuple]:
         for key in ('img_path', 'seg_map_path'):
             path = info.get(key)
             if path and not osp.isfile(path):
-                missing.append(f'{path} ({key} of sample {index}, listed in {listed_in})')
+                missing.append(f'{path} ({key} of sample {index}, listed in {listed_in}) '
+                               'does not exist')
         paths.append((info['img_path'], info.get('seg_map_path')))
     if missing:
         raise FileNotFoundError(f'{name}: {len(missing)} listed files do not exist:\n'
-                                + _listing([f'{m} does not exist' for m in missing]))
+                                + _listing(missing))
     return paths
 
 
@@ -100,23 +83,19 @@ class LeafResult(NamedTuple):
 
 
 def _log(message: str, level: int = logging.INFO) -> None:
-    """Log on the first process only (of a launch without a process group, every process
-    runs the checks)."""
+    """Log on the first process only (without a process group every process checks)."""
     if os.environ.get('RANK', '0') == '0':
         print_log(message, logger='current', level=level)
 
 
 def _check_leaf(dataset, name: str) -> LeafResult:
-    """Check the files of every sample of a dataset that reads files; warn of label maps
-    without labelled pixel."""
+    """Check the files of every sample of a dataset that reads files."""
     loader, rules = pipeline_readers(dataset, name)
     paths = _sample_paths(dataset, name)
     reports = check_samples(paths, loader, rules)
     problems = [problem for report in reports for problem in report.problems]
-    failure = None
-    if problems:
-        failure = (f'{name}: {sum(1 for report in reports if report.problems)} of '
-                   f'{len(paths)} samples have unusable files:\n{_listing(problems)}')
+    failure = (f'{name}: {sum(1 for report in reports if report.problems)} of {len(paths)} '
+               f'samples have unusable files:\n{_listing(problems)}' if problems else None)
     read = [(seg, report.labelled) for (_, seg), report in zip(paths, reports)
             if report.labelled is not None]
     unlabelled = [seg for seg, count in read if count == 0]
@@ -127,32 +106,23 @@ def _check_leaf(dataset, name: str) -> LeafResult:
 
 
 def check_dataset(dataset_cfg: Dict, name: str, default_scope: str = 'mmseg') -> int:
-    """Check a dataloader's dataset (wrappers too) and every file its samples list.
-
-    Errors stop the run; a label map with no labelled pixel (only the ignore index) is
-    legal in MMSeg and logged as a warning with the count of such maps, unless all are.
+    """Check a dataloader's dataset (wrappers too) and every file it lists; its length.
 
     Args:
         dataset_cfg (dict): The ``dataset`` entry of a dataloader config.
         name (str): Which dataloader it belongs to, for the messages.
-        default_scope (str): Registry scope the dataset is built in (the config's
-            ``default_scope``).
-
-    Returns:
-        int: The number of samples.
+        default_scope (str): Registry scope the dataset is built in.
 
     Raises:
-        FileNotFoundError: ``data_root``, an image/label folder, the split file or a
-            listed image/label is missing; the message names it.
-        ValueError: An image or label map is unusable (each is named with what is wrong),
-            or no label map has a labelled pixel.
+        FileNotFoundError: A folder, the split file or listed files are missing (named).
+        ValueError: Unusable images or label maps (each named with what is wrong), or no
+            label map has a labelled pixel (a few without are a warning).
     """
     for leaf_name, leaf_cfg in leaf_configs(dataset_cfg, name):
         check_layout(leaf_cfg, leaf_name)
     with DefaultScope.overwrite_default_scope(default_scope):
         dataset = DATASETS.build(_unserialized(dataset_cfg))
-    results = [_check_leaf(leaf, leaf_name)
-               for leaf_name, leaf in leaf_datasets(dataset, name)]
+    results = [_check_leaf(leaf, leaf_name) for leaf_name, leaf in leaf_datasets(dataset, name)]
     failures = [result.failure for result in results if result.failure]
     if failures:
         raise ValueError('\n'.join(failures))
@@ -168,49 +138,32 @@ def check_dataset(dataset_cfg: Dict, name: str, default_scope: str = 'mmseg') ->
 
 
 def on_first_rank(check: Callable[[], T]) -> T:
-    """Run ``check`` on global rank 0 only and give every rank its result, or its error.
-
-    With a process group of several ranks (``tools/train.py`` and ``tools/test.py``
-    create it before they check the data), rank 0 runs ``check`` and broadcasts what it
-    returned or the error it raised; every other rank returns the same value or raises
-    an error of the same type with the same message (a ``FileNotFoundError`` or
-    ``ValueError`` about the data; any other error as a ``RuntimeError`` naming it).
-    Without a process group ``check`` simply runs.
-
-    Args:
-        check (callable): Takes no argument; its result must be picklable.
-    """
-    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+    """Run ``check`` (no argument, a picklable result) on global rank 0 only and give
+    every rank its result, or its error: a ``FileNotFoundError`` or ``ValueError`` as
+    such, any other as a ``RuntimeError`` naming it."""
+    if get_world_size() == 1:
         return check()
     verdict: List[Optional[tuple]] = [None]
-    error = None
-    if dist.get_rank() == 0:
+    if get_rank() == 0:
         try:
             verdict[0] = ('result', check())
-        except Exception as raised:  # every rank must hear of it, or they wait forever
-            error = raised
-            verdict[0] = ('error', type(raised).__name__, str(raised))
-    dist.broadcast_object_list(verdict, src=0)
-    if error is not None:
-        raise error
-    if verdict[0][0] == 'result':
-        return verdict[0][1]
-    _, kind, message = verdict[0]
+        except Exception as error:  # every rank must hear of it, or they wait forever
+            broadcast_object_list([('error', type(error).__name__, str(error))], src=0)
+            raise
+    broadcast_object_list(verdict, src=0)
+    kind, *value = verdict[0]
+    if kind == 'result':
+        return value[0]
+    name, message = value
     shared = {cls.__name__: cls for cls in SHARED_ERRORS}
-    if kind in shared:
-        raise shared[kind](message)
-    raise RuntimeError(f'the data check failed on rank 0 with {kind}: {message}')
+    if name in shared:
+        raise shared[name](message)
+    raise RuntimeError(f'the data check failed on rank 0 with {name}: {message}')
 
 
 def check_dataloaders(cfg, names=('train_dataloader', 'val_dataloader')) -> Dict[str, int]:
-    """:func:`check_dataset` for the named dataloaders the config has, built in the
-    config's ``default_scope`` (``'mmseg'`` if it has none), on global rank 0 only when
-    a process group exists (:func:`on_first_rank`): the files are opened once per job,
-    not once per process.
-
-    Returns:
-        dict: dataloader name -> number of samples (on every rank).
-    """
+    """:func:`check_dataset` for the named dataloaders the config has, on global rank 0
+    only (:func:`on_first_rank`); dataloader name -> number of samples, on every rank."""
     scope = cfg.get('default_scope') or 'mmseg'
     return on_first_rank(lambda: {
         name: check_dataset(cfg[name]['dataset'], f'{name}.dataset', scope)
@@ -218,19 +171,9 @@ def check_dataloaders(cfg, names=('train_dataloader', 'val_dataloader')) -> Dict
 
 
 def check_test_dataloader(cfg, launcher: str) -> int:
-    """:func:`check_dataloaders` for ``test_dataloader``, refusing more processes than
-    test images (every process of a distributed test needs at least one).
-
-    Args:
-        cfg (Config): The config.
-        launcher (str): The tool's ``--launcher``; with ``'none'`` there is one process.
-
-    Returns:
-        int: The number of test images.
-
-    Raises:
-        ValueError: ``WORLD_SIZE`` processes for fewer test images.
-    """
+    """:func:`check_dataloaders` for ``test_dataloader`` (the number of test images),
+    refusing more processes than test images (``WORLD_SIZE``, unless ``launcher`` is
+    ``'none'``)."""
     num_images = check_dataloaders(cfg, ['test_dataloader'])['test_dataloader']
     processes = int(os.environ.get('WORLD_SIZE', 1)) if launcher != 'none' else 1
     if processes > num_images:

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
 import mmcv
+import numpy as np
 from PIL import Image
 
 JPEG_START, JPEG_END = b'\xff\xd8', b'\xff\xd9'
@@ -14,30 +15,36 @@ SIDEWAYS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 class UnreadableFile(Exception):
-    """A file the pipeline cannot read as it should; the message says why (not where)."""
+    """A file the pipeline cannot read as it should; the message says why, not where."""
 
 
 @dataclass(frozen=True)
 class ImageLoader:
-    """How a pipeline's ``LoadImageFromFile`` decodes images.
-
-    Args:
-        flag (str): Its ``color_type``.
-        backend (str): Its ``imdecode_backend``.
-    """
+    """How a pipeline's ``LoadImageFromFile`` decodes images: its ``color_type`` (``flag``)
+    and ``imdecode_backend``."""
     flag: str = 'color'
     backend: str = 'cv2'
 
     @property
     def applies_exif_orientation(self) -> bool:
-        """``mmcv.imfrombytes`` turns images by their EXIF orientation with the cv2 and
-        pillow backends for the 'color' and 'grayscale' flags, never otherwise."""
+        """Whether ``mmcv.imfrombytes`` turns images by their EXIF orientation."""
         return self.flag in ('color', 'grayscale') and self.backend in ('cv2', 'pillow')
 
-    def decode(self, path: str):
-        """The image as the loader decodes it (None if it cannot)."""
+    def decode(self, path: str) -> np.ndarray:
+        """The image as the loader decodes it; UnreadableFile if it is empty, truncated or
+        does not decode."""
+        problem = file_problem(path)
+        if problem:
+            raise UnreadableFile(problem)
         with open(path, 'rb') as f:
-            return mmcv.imfrombytes(f.read(), flag=self.flag, backend=self.backend)
+            content = f.read()
+        try:
+            image = mmcv.imfrombytes(content, flag=self.flag, backend=self.backend)
+        except Exception as error:
+            raise UnreadableFile(f'cannot be decoded as an image ({error})') from None
+        if image is None:
+            raise UnreadableFile(f'cannot be decoded as an image ({self.backend})')
+        return image
 
 
 class ImageSize(NamedTuple):
@@ -47,9 +54,8 @@ class ImageSize(NamedTuple):
 
 
 def file_problem(path: str) -> Optional[str]:
-    """What is wrong with the bytes of ``path`` that shows without decoding: an empty
-    file, or a JPEG or PNG cut short (OpenCV decodes such files in part and fills the
-    rest with grey). None if nothing is."""
+    """An empty file, or a JPEG or PNG cut short (OpenCV decodes such files in part and
+    fills the rest with grey); None if the bytes show neither."""
     size = os.path.getsize(path)
     if size == 0:
         return 'empty file (0 bytes)'
@@ -65,12 +71,8 @@ def file_problem(path: str) -> Optional[str]:
 
 
 def image_size(path: str, loader: ImageLoader) -> ImageSize:
-    """The size of the image ``loader`` decodes from ``path``, EXIF orientation applied
-    as the loader applies it.
-
-    Raises:
-        UnreadableFile: The file is empty, truncated or not an image the loader decodes.
-    """
+    """The size of the image ``loader`` decodes from ``path``, turned by its EXIF
+    orientation as the loader turns it (errors of :meth:`ImageLoader.decode`)."""
     problem = file_problem(path)
     if problem:
         raise UnreadableFile(problem)
@@ -80,29 +82,16 @@ def image_size(path: str, loader: ImageLoader) -> ImageSize:
             turned = (loader.applies_exif_orientation
                       and image.getexif().get(EXIF_ORIENTATION) in SIDEWAYS)
     except Exception:  # a format Pillow does not know: ask the loader itself
-        try:
-            decoded = loader.decode(path)
-        except Exception as error:
-            raise UnreadableFile(f'cannot be decoded as an image ({error})') from None
-        if decoded is None:
-            raise UnreadableFile(f'cannot be decoded as an image ({loader.backend})')
-        return ImageSize(*decoded.shape[:2], exif_turned=False)
+        return ImageSize(*loader.decode(path).shape[:2], exif_turned=False)
     return ImageSize(width, height, True) if turned else ImageSize(height, width, False)
 
 
-def check_image_file(path: str, loader: ImageLoader = ImageLoader()) -> ImageSize:
-    """Fail unless ``path`` is an image file ``loader`` reads whole.
-
-    Returns:
-        ImageSize: Its size as decoded.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: It is empty, truncated or undecodable; the message says which.
-    """
+def read_image_file(path: str, loader: ImageLoader = ImageLoader()) -> np.ndarray:
+    """The image at ``path`` as ``loader`` decodes it (BGR by default); FileNotFoundError
+    if it is missing, ValueError naming it if it is empty, truncated or undecodable."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f'Image not found: {path}')
     try:
-        return image_size(path, loader)
+        return loader.decode(path)
     except UnreadableFile as problem:
         raise ValueError(f'{path}: {problem}') from None

@@ -1,27 +1,18 @@
-"""A label map read as stored and judged as ``LoadAnnotations`` will use it: one channel
-of whole numbers in 0..255 that become classes or the ignore index after the dataset's
-``reduce_zero_label`` and ``label_map``."""
+"""A label map read as stored and judged as ``LoadAnnotations`` will use it: one channel of
+0..255 that become classes or the ignore index after ``reduce_zero_label`` and ``label_map``."""
 from dataclasses import dataclass
 from typing import NamedTuple, Tuple
 
-import mmcv
 import numpy as np
 from PIL import Image
 
-from .image_file import UnreadableFile, file_problem
+from .image_file import ImageLoader, UnreadableFile
 
 
 @dataclass(frozen=True)
 class LabelRules:
-    """How a dataset's pipeline reads label maps and what their values may be.
-
-    Args:
-        num_classes (int): Classes are ``0 .. num_classes - 1``.
-        ignore_index (int): The value of ignored pixels.
-        reduce_zero_label (bool): 0 becomes ignored and every other value drops by one.
-        label_map (tuple): ``(stored, new)`` pairs applied after ``reduce_zero_label``.
-        backend (str): ``LoadAnnotations``' ``imdecode_backend``.
-    """
+    """How a dataset's pipeline reads label maps (the dataset's settings of these names;
+    ``label_map`` as ``(stored, new)`` pairs; ``LoadAnnotations``' ``imdecode_backend``)."""
     num_classes: int
     ignore_index: int = 255
     reduce_zero_label: bool = False
@@ -62,17 +53,7 @@ def _mode(path: str) -> str:
 
 
 def _as_stored(path: str, rules: LabelRules) -> np.ndarray:
-    problem = file_problem(path)
-    if problem:
-        raise UnreadableFile(problem)
-    with open(path, 'rb') as f:
-        content = f.read()
-    try:
-        label = mmcv.imfrombytes(content, flag='unchanged', backend=rules.backend)
-    except Exception as error:
-        raise UnreadableFile(f'cannot be decoded as an image ({error})') from None
-    if label is None:
-        raise UnreadableFile(f'cannot be decoded as an image ({rules.backend})')
+    label = ImageLoader('unchanged', rules.backend).decode(path)
     if label.ndim == 3 and label.shape[2] > 1:
         mode = _mode(path)
         note = (f"; LoadAnnotations(imdecode_backend='{rules.backend}') reads palette PNGs "
@@ -99,13 +80,8 @@ def _to_uint8(label: np.ndarray, rules: LabelRules) -> np.ndarray:
 
 
 def label_stats(path: str, rules: LabelRules) -> LabelStats:
-    """Size and labelled pixels of the label map at ``path``.
-
-    Raises:
-        UnreadableFile: It is empty, truncated, undecodable, not one channel, or holds
-            values that are neither a class nor the ignore index (after the dataset's
-            ``reduce_zero_label`` and ``label_map``); the message says which.
-    """
+    """Size and labelled pixels of the label map at ``path``; UnreadableFile if it is
+    empty, truncated, undecodable, not one channel, or holds values of no class."""
     label = _as_stored(path, rules)
     stored = np.bincount(_to_uint8(label, rules).ravel(), minlength=256)
     lookup = rules.lookup()

@@ -11,20 +11,10 @@ from .label_file import LabelRules
 
 
 def pipeline_readers(dataset, name: str) -> Tuple[Optional[ImageLoader], Optional[LabelRules]]:
-    """The image loader and label rules of a built dataset's pipeline.
-
-    Only MMCV's ``LoadImageFromFile`` and MMSeg's ``LoadAnnotations`` are understood;
-    for other loading steps (or none) the result is None and those files are checked
-    only for being empty or truncated.
-
-    Args:
-        dataset (BaseDataset): A dataset that reads files (not a wrapper).
-        name (str): Its name, for the messages.
-
-    Raises:
-        ValueError: ``LoadAnnotations`` sets ``reduce_zero_label`` unlike the dataset
-            (MMSeg stops at the first sample with an assertion).
-    """
+    """The image loader and label rules of the ``LoadImageFromFile`` and
+    ``LoadAnnotations`` of a built dataset's pipeline (None for each it lacks);
+    ValueError naming ``name`` if ``LoadAnnotations`` sets ``reduce_zero_label`` unlike
+    the dataset."""
     loader = rules = None
     for step in getattr(getattr(dataset, 'pipeline', None), 'transforms', []):
         if type(step) is LoadImageFromFile and loader is None:

@@ -1,5 +1,4 @@
-"""Every sample of a dataset checked as its pipeline will read it: the image, the label
-map, and whether the two have the same size."""
+"""The files of each sample checked as its pipeline will read them, and their sizes."""
 import multiprocessing
 import os
 from typing import List, NamedTuple, Optional, Sequence, Tuple
@@ -17,17 +16,8 @@ class SampleReport(NamedTuple):
 
 def check_sample(img_path: str, seg_path: Optional[str], loader: Optional[ImageLoader],
                  rules: Optional[LabelRules]) -> SampleReport:
-    """Check one sample's files.
-
-    Args:
-        img_path (str): The image.
-        seg_path (str, optional): Its label map.
-        loader (ImageLoader, optional): How the pipeline decodes images; None if it
-            does not use ``LoadImageFromFile`` (then only empty or truncated files are
-            found).
-        rules (LabelRules, optional): How the pipeline reads label maps; None if it does
-            not load them.
-    """
+    """Check an image and its label map (if any); without ``loader`` an image is checked
+    for being empty or truncated only, without ``rules`` the label map is not read."""
     problems, size, stats = [], None, None
     try:
         if loader is None:
@@ -50,29 +40,21 @@ def check_sample(img_path: str, seg_path: Optional[str], loader: Optional[ImageL
     return SampleReport(tuple(problems), None if stats is None else stats.labelled)
 
 
-def _check(args) -> SampleReport:
-    return check_sample(*args)
-
-
-def default_workers() -> int:
-    """The CPUs this process may use (one process per job checks the data:
-    :func:`~.dataloaders.on_first_rank`)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
-    return max(1, cpus or 1)
-
-
 def check_samples(paths: Sequence[Tuple[str, Optional[str]]], loader: Optional[ImageLoader],
                   rules: Optional[LabelRules], workers: Optional[int] = None
                   ) -> List[SampleReport]:
     """:func:`check_sample` for each ``(img_path, seg_path)`` in ``paths``, in order.
 
     Args:
-        workers (int, optional): Processes to check in; default :func:`default_workers`.
-            From :data:`PARALLEL_FROM` samples on, the samples are split among them.
+        workers (int, optional): Processes to check in from :data:`PARALLEL_FROM` samples
+            on; default the CPUs this process may use.
     """
     args = [(img, seg, loader, rules) for img, seg in paths]
-    workers = default_workers() if workers is None else workers
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (
+            os.cpu_count() or 1)
     if workers < 2 or len(args) < PARALLEL_FROM:
-        return [_check(arg) for arg in args]
+        return [check_sample(*arg) for arg in args]
     with multiprocessing.get_context('fork').Pool(workers) as pool:
-        return pool.map(_check, args, chunksize=max(1, min(64, len(args) // (4 * workers))))
+        return pool.starmap(check_sample, args,
+                            chunksize=max(1, min(64, len(args) // (4 * workers))))

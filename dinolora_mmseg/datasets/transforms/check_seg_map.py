@@ -9,19 +9,11 @@ from mmseg.registry import TRANSFORMS
 class CheckSegMap(BaseTransform):
     """Fail on label values that are neither a class nor the ignore index.
 
-    Placed after ``LoadAnnotations`` (after ``reduce_zero_label``, so ADE20k's 0
-    "other" is already 255). Without this check a stray value reaches the loss as an
-    index error that names no file, or silently skews the metric. Samples without a
-    label map (inference pipelines, from which ``MMSegInferencer`` drops
-    ``LoadAnnotations``) pass unchecked.
-
-    Why next to the pre-run scan (:func:`~dinolora_mmseg.datasets.data_checks.
-    check_dataloaders`): the scan runs only in this project's tools, while this step is
-    in the configs' pipelines and so also guards MMSeg's stock ``tools/train.py`` and
-    ``tools/test.py``, a user's own script, and a label file changed after the scan.
+    Placed after ``LoadAnnotations``; samples without a label map pass. It guards the
+    runs without the tools' pre-run scan (docs/reliability.md).
 
     Args:
-        num_classes (int): Valid labels are ``0 .. num_classes - 1``.
+        num_classes (int): Classes are ``0 .. num_classes - 1``.
         ignore_index (int): The label of ignored pixels.
     """
 

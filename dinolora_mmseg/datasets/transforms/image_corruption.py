@@ -38,36 +38,18 @@ MIN_SIZE = 4
 class ImageCorruption(BaseTransform):
     """Corrupt ``results['img']`` with an ImageNet-C corruption at severity 1 to 5.
 
-    Put it right after ``LoadImageFromFile`` in a test pipeline. The corruptions are
-    those of the ``imagecorruptions`` package (Michaelis et al., 2019), ImageNet-C's
-    code and parameters made to work on images of any size (4 px and more): pixel-sized
-    effects (noise, blur radii, snow flakes) keep their size whatever the image size;
-    frost textures are cropped at their native size (as ImageNet-C does for its 224 px
-    images) and enlarged to 1.1x the image where the image is larger than them;
-    ``motion_blur`` is a numpy version of ImageNet-C's ImageMagick blur and
-    ``elastic_transform`` scales its displacements with the image size. The BGR image
-    of MMCV is corrupted as RGB, as the corruptions are defined; a grey image is
-    corrupted as its RGB copy and turned back into grey (luma).
-
-    The result is deterministic: the random numbers of each image come from a seed made
-    of ``seed``, the file name of ``results['img_path']`` (the image bytes when there is
-    no path), ``corruption`` and ``severity`` by CRC-32, so every run, process and
-    dataloader worker gets the same pixels, different images get different noise, and
-    the numbers do not depend on where the data lies. Numpy's global random state, which
-    most corruptions draw from, is restored afterwards. Only ``results['img']`` changes
-    (same shape, uint8); label maps are left alone.
+    Put it right after ``LoadImageFromFile`` in a test pipeline (docs/robustness.md).
+    BGR is corrupted as RGB, grey as its RGB copy. Each image's random numbers come from
+    a CRC-32 of ``seed``, its file name (else its bytes), ``corruption`` and ``severity``:
+    the same pixels in every run and process. Numpy's global random state is restored.
 
     Args:
-        corruption (str): One of :data:`IMAGENET_C_CORRUPTIONS` (the 15 of the
-            benchmark) or :data:`EXTRA_CORRUPTIONS`. Defaults to 'gaussian_noise'.
+        corruption (str): One of :data:`CORRUPTIONS`. Defaults to 'gaussian_noise'.
         severity (int): 1 (mild) to 5 (strong). Defaults to 3.
         seed (int, optional): Base seed of the per-image seeds; None means 0.
-            Defaults to None.
     """
 
-    def __init__(self,
-                 corruption: str = 'gaussian_noise',
-                 severity: int = 3,
+    def __init__(self, corruption: str = 'gaussian_noise', severity: int = 3,
                  seed: Optional[int] = None):
         if corruption not in CORRUPTIONS:
             raise ValueError(f'unknown corruption {corruption!r}; valid: {", ".join(CORRUPTIONS)}')

@@ -208,7 +208,7 @@ def test_errors(photos, tmp_path, monkeypatch, capsys):
 
     text = tmp_path / 'notes.jpg'
     text.write_text('not an image')
-    with pytest.raises(ValueError, match=f'Cannot read {text} as an image'):
+    with pytest.raises(ValueError, match=f'{text}: cannot be decoded as an image'):
         tool.load_image(str(text))
 
     for options, message in [
