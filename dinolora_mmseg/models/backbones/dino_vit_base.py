@@ -239,8 +239,9 @@ class DINOViTBase(BaseModule):
             f'size_divisor={p})), which crops the padding off the predictions again',
             logger='current', level=logging.WARNING)
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        B, _, H, W = x.shape
+    def _pad(self, x: torch.Tensor) -> Tuple[torch.Tensor, int, int]:
+        """``x`` zero-padded at the bottom and right to whole patches, and the patch grid."""
+        _, _, H, W = x.shape
         p = self.patch_size
         if H < p or W < p:
             raise ValueError(f'{self.family} input of {H}x{W} pixels is smaller than one '
@@ -249,16 +250,57 @@ class DINOViTBase(BaseModule):
         if (h * p, w * p) != (H, W):
             self._warn_padding(H, W)
             x = F.pad(x, (0, w * p - W, 0, h * p - H))
+        return x, h, w
+
+    def autocast(self):
+        """The context the blocks compute in: bfloat16 autocast for bfloat16 frozen
+        weights, else none."""
+        return (torch.autocast(self.patch_embed.proj.weight.device.type,
+                               dtype=self.frozen_dtype)
+                if self.frozen_dtype is not None else nullcontext())
+
+    def prepare_tokens(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[Rope], int, int]:
+        """The first block's input for images ``x`` (run it under :meth:`autocast`).
+
+        Args:
+            x (torch.Tensor): Images ``(B, C, H, W)``, padded to whole patches here.
+
+        Returns:
+            tuple: Tokens ``(B, num_prefix_tokens + h * w, C)``, the rotary positions of
+            the patch tokens for every block (None for DINOv2), and ``h``, ``w``.
+        """
+        x, h, w = self._pad(x)
+        return self._prepare_tokens(self.patch_embed(x), h, w), self._rope(h, w), h, w
+
+    def run_block(self, index: int, x: torch.Tensor, rope: Optional[Rope] = None,
+                  attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Block ``index`` on tokens ``x``, with activation checkpointing under
+        ``with_cp`` while training.
+
+        Args:
+            index (int): Block index.
+            x (torch.Tensor): Tokens ``(B, N, C)``.
+            rope (Rope, optional): Rotary positions of the last ``h * w`` tokens.
+            attn_mask (torch.Tensor, optional): Boolean mask, True = attend, broadcast to
+                ``(B, num_heads, N, N)``.
+        """
+        block = self.blocks[index]
+        if self.with_cp and self.training and torch.is_grad_enabled():
+            return checkpoint_keeping_attention(block, x, rope, attn_mask)
+        return block(x, rope, attn_mask)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        B = x.shape[0]
+        x, h, w = self._pad(x)
         image = x
-        with (torch.autocast(x.device.type, dtype=self.frozen_dtype)
-              if self.frozen_dtype is not None else nullcontext()):
+        # bfloat16 frozen weights compute in bfloat16; adapters stay float32 parameters.
+        with self.autocast():
             x = self._prepare_tokens(self.patch_embed(x), h, w)
             rope = self._rope(h, w)  # once for all blocks
             features = {}
-            checkpointed = self.with_cp and self.training and torch.is_grad_enabled()
             # Blocks after the last output are not run.
-            for index, block in enumerate(self.blocks[:max(self.out_indices) + 1]):
-                x = checkpoint_keeping_attention(block, x, rope) if checkpointed else block(x, rope)
+            for index in range(max(self.out_indices) + 1):
+                x = self.run_block(index, x, rope)
                 if index in self.out_indices:
                     out = self.norm(x) if self.final_norm else x
                     out = out[:, self.num_prefix_tokens:].transpose(1, 2).reshape(B, -1, h, w)

@@ -15,8 +15,9 @@ from .rope import Rope, apply_rope
 class Attention(nn.Module):
     """Multi-head self-attention through ``F.scaled_dot_product_attention``.
 
-    ``forward(x, rope)``, given ``rope``, rotates the queries and keys of the patch tokens
-    (the last ``h * w`` tokens) by their positions.
+    ``forward(x, rope, attn_mask)``, given ``rope``, rotates the queries and keys of the
+    patch tokens (the last ``h * w`` tokens) by their positions; a boolean ``attn_mask``
+    (broadcast to ``(B, num_heads, N, N)``, True = attend) restricts what each token sees.
 
     Args:
         embed_dims (int): Token width.
@@ -45,7 +46,8 @@ class Attention(nn.Module):
             q, k = apply_rope(q, rope), apply_rope(k, rope)
         return q, k, v
 
-    def forward(self, x: torch.Tensor, rope: Optional[Rope] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Optional[Rope] = None,
+                attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         B, N, C = x.shape
-        x = F.scaled_dot_product_attention(*self.heads(x, rope))
+        x = F.scaled_dot_product_attention(*self.heads(x, rope), attn_mask=attn_mask)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))

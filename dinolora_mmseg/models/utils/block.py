@@ -60,6 +60,7 @@ class Block(nn.Module):
         self.ls2 = LayerScale(embed_dims)
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor, rope: Optional[Rope] = None) -> torch.Tensor:
-        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x), rope)))
+    def forward(self, x: torch.Tensor, rope: Optional[Rope] = None,
+                attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = x + self.drop_path(self.ls1(self.attn(self.norm1(x), rope, attn_mask)))
         return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
