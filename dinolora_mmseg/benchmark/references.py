@@ -16,12 +16,15 @@ TIMM_NAMES = dict(small='vit_small_patch14', base='vit_base_patch14',
                   large='vit_large_patch14', giant='vit_giant_patch14')
 
 
-def naive_attention_forward(self: Attention, x: torch.Tensor,
-                            rope: Optional[Rope] = None) -> torch.Tensor:
+def naive_attention_forward(self: Attention, x: torch.Tensor, rope: Optional[Rope] = None,
+                            attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``Attention.forward`` with the attention matrix materialised."""
     B, N, C = x.shape
     q, k, v = self.heads(x, rope)
-    weights = ((q * q.shape[-1]**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
+    scores = (q * q.shape[-1]**-0.5) @ k.transpose(-2, -1)
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float('-inf'))
+    weights = scores.softmax(dim=-1)
     return self.proj((weights @ v).transpose(1, 2).reshape(B, N, C))
 
 
