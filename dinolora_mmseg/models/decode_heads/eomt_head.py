@@ -54,32 +54,32 @@ class EoMTHead(Mask2FormerHead):
     Args:
         num_classes (int): Classes, without no-object.
         embed_dims (int): Token width of the backbone.
-        num_queries (int): Learnable queries.
-        num_upscale (int): Learned 2x upscaling steps of the patch features for the masks.
         loss_cls (dict): mmdet config of the class loss (its ``class_weight`` has
             ``num_classes + 1`` entries, no-object last).
         loss_mask (dict): mmdet config of the mask loss on sampled points.
         loss_dice (dict): mmdet config of the dice loss on sampled points.
         train_cfg (dict): ``assigner``, ``sampler`` (mmdet configs), ``num_points``,
             ``oversample_ratio``, ``importance_sample_ratio``.
-        test_cfg (dict, optional): Unused, as in ``Mask2FormerHead``.
+        num_queries (int): Learnable queries.
+        num_upscale (int): Learned 2x upscaling steps of the patch features for the masks.
         align_corners (bool): For MMSeg's resizing of the predictions.
         ignore_index (int): Label left out of the targets.
+        test_cfg (dict, optional): Unused, as in ``Mask2FormerHead``.
         init_cfg (dict, optional): MMEngine initialisation config.
     """
 
     def __init__(self,
                  num_classes: int,
                  embed_dims: int,
+                 loss_cls: Dict,
+                 loss_mask: Dict,
+                 loss_dice: Dict,
+                 train_cfg: Dict,
                  num_queries: int = 100,
                  num_upscale: int = 2,
-                 loss_cls: Optional[Dict] = None,
-                 loss_mask: Optional[Dict] = None,
-                 loss_dice: Optional[Dict] = None,
-                 train_cfg: Optional[Dict] = None,
-                 test_cfg: Optional[Dict] = None,
                  align_corners: bool = False,
                  ignore_index: int = 255,
+                 test_cfg: Optional[Dict] = None,
                  init_cfg: Optional[Dict] = None):
         # Mask2FormerHead.__init__ would build its pixel and transformer decoders.
         BaseModule.__init__(self, init_cfg=init_cfg)
@@ -90,9 +90,10 @@ class EoMTHead(Mask2FormerHead):
         if not isinstance(num_upscale, int) or num_upscale < 0:
             raise ValueError(f'EoMTHead num_upscale must be a non-negative int, got '
                              f'{num_upscale!r}')
-        if loss_cls is None or loss_mask is None or loss_dice is None or not train_cfg:
-            raise ValueError('EoMTHead needs loss_cls, loss_mask, loss_dice and train_cfg '
-                             '(assigner, sampler) as MMSeg\'s Mask2FormerHead takes them')
+        missing = {'assigner', 'sampler'} - set(train_cfg)
+        if missing:
+            raise ValueError(f'EoMTHead train_cfg needs {sorted(missing)} (mmdet configs, as '
+                             f'MMSeg\'s Mask2FormerHead takes them), got {dict(train_cfg)!r}')
         self.num_classes = self.out_channels = num_classes
         self.embed_dims = embed_dims
         self.num_queries = num_queries
