@@ -94,7 +94,6 @@ class EoMT(EncoderDecoder):
         self.num_blocks = num_blocks
         self.mask_annealing = self._check_annealing(mask_annealing, num_blocks)
         self.iteration: Optional[int] = None
-        self.mask_probs = self._probabilities(0)
 
     @staticmethod
     def _check_annealing(cfg: Optional[Dict], num_blocks: int) -> Optional[Dict]:
@@ -109,11 +108,14 @@ class EoMT(EncoderDecoder):
                              f'optionally power; got {dict(cfg)!r}')
         return dict(start_iters=starts, end_iters=ends, power=float(cfg.get('power', 0.9)))
 
-    def _probabilities(self, iteration: int) -> List[float]:
+    @property
+    def mask_probs(self) -> List[float]:
+        """Per query block, the probability of masked attention at :attr:`iteration`
+        (that of iteration 0 before :meth:`set_iteration`)."""
         if self.mask_annealing is None:
             return [0.0] * self.num_blocks
         cfg = self.mask_annealing
-        return [mask_probability(iteration, start, end, cfg['power'])
+        return [mask_probability(self.iteration or 0, start, end, cfg['power'])
                 for start, end in zip(cfg['start_iters'], cfg['end_iters'])]
 
     def set_iteration(self, iteration: int) -> None:
@@ -123,7 +125,6 @@ class EoMT(EncoderDecoder):
             iteration (int): ``runner.iter`` before the step.
         """
         self.iteration = iteration
-        self.mask_probs = self._probabilities(iteration)
 
     def _attention_mask(self, mask_logits: torch.Tensor, prob: float, num_tokens: int,
                         h: int, w: int) -> Optional[torch.Tensor]:
@@ -157,7 +158,7 @@ class EoMT(EncoderDecoder):
             print_log('EoMT trains without EoMTMaskAnnealingHook in custom_hooks: the '
                       'attention masks keep their iteration-0 probabilities', logger='current',
                       level=logging.WARNING)
-        classes, masks = [], []
+        classes, masks, probs = [], [], self.mask_probs
         with vit.autocast():
             x, rope, h, w = vit.prepare_tokens(inputs)
             for index in range(vit.num_layers):
@@ -169,7 +170,7 @@ class EoMT(EncoderDecoder):
                     cls_logits, mask_logits = head.predict_queries(vit.norm(x), h, w)
                     classes.append(cls_logits.float())
                     masks.append(mask_logits.float())
-                    attn_mask = self._attention_mask(mask_logits, self.mask_probs[index - first],
+                    attn_mask = self._attention_mask(mask_logits, probs[index - first],
                                                      x.shape[1], h, w)
                 x = vit.run_block(index, x, rope, attn_mask)
             cls_logits, mask_logits = head.predict_queries(vit.norm(x), h, w)
