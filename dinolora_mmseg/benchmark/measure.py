@@ -4,8 +4,8 @@ import ctypes
 from typing import Callable
 
 import torch
-from torch.utils.flop_counter import (FlopCounterMode, sdpa_backward_flop_count,
-                                      sdpa_flop_count)
+from torch.utils.flop_counter import (FlopCounterMode, conv_flop_count,
+                                      sdpa_backward_flop_count, sdpa_flop_count)
 
 # glibc maps blocks of 128 KiB and more on their own and unmaps them when freed, so that
 # the RSS sees freed memory (docs/performance.md). A process measuring peak memory runs so.
@@ -20,14 +20,25 @@ def _cpu_sdpa_backward_flops(grad_out, query, key, value, *args, out_shape=None,
     return sdpa_backward_flop_count(grad_out, query, key, value)
 
 
+def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding,
+                         _dilation, transposed, _output_padding, _groups, output_mask,
+                         out_shape=None, **kwargs) -> int:
+    """Each gradient (input, weight) costs the multiplications of the forward pass."""
+    forward = conv_flop_count(x_shape, w_shape, grad_out_shape, transposed)
+    return forward * (int(output_mask[0]) + int(output_mask[1]))
+
+
 def count_flops(step: Callable[[], None]) -> int:
     """FLOPs of one call of ``step`` as ``FlopCounterMode`` counts them, with the CPU
-    attention kernel counted by torch's formulas for its GPU kernels."""
+    attention kernel counted by torch's formulas for its GPU kernels, and the backward
+    pass of a grouped convolution as that of the others (torch 2.14's formula counts
+    its weight gradient ``groups`` times over: 384x for EoMT's depthwise convolutions)."""
     aten = torch.ops.aten
-    cpu_sdpa = {aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
+    formulas = {aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
                 aten._scaled_dot_product_flash_attention_for_cpu_backward:
-                _cpu_sdpa_backward_flops}
-    with FlopCounterMode(display=False, custom_mapping=cpu_sdpa) as counter:
+                _cpu_sdpa_backward_flops,
+                aten.convolution_backward: _conv_backward_flops}
+    with FlopCounterMode(display=False, custom_mapping=formulas) as counter:
         step()
     return counter.get_total_flops()
 

@@ -18,6 +18,19 @@ def test_flops_of_a_matmul_and_its_backward():
     assert measure.count_flops(lambda: (a @ b).sum().backward()) == 2 * (2 * 8 * 16 * 4)
 
 
+@pytest.mark.parametrize('groups', [1, 4])
+@pytest.mark.parametrize('transposed', [False, True])
+def test_a_convolution_backward_costs_twice_its_forward(groups, transposed):
+    """Input and weight gradients each cost the forward's multiplications, also for a
+    grouped (depthwise) convolution, which torch's own formula counts 4x too high here."""
+    conv = (torch.nn.ConvTranspose2d if transposed else torch.nn.Conv2d)(
+        8, 8, 3, padding=1, groups=groups, bias=False)
+    x = torch.randn(2, 8, 6, 5, requires_grad=True)
+    forward = 2 * 2 * 6 * 5 * 8 * (8 // groups) * 3 * 3
+    assert measure.count_flops(lambda: conv(x)) == forward
+    assert measure.count_flops(lambda: conv(x).sum().backward()) == 3 * forward
+
+
 def test_cpu_attention_is_counted_as_torch_counts_gpu_attention():
     """torch's formula: 4 * B * H * N * N * d forward (two products of N x N x d)."""
     q, k, v = (torch.randn(2, 3, 10, 8) for _ in range(3))
