@@ -4,7 +4,6 @@ from typing import Dict, List, Tuple
 
 import torch
 from mmengine.logging import print_log
-from mmseg.models.decode_heads import Mask2FormerHead
 from mmseg.models.segmentors import EncoderDecoder
 
 from .segmentor_graph import SegmentorGraph
@@ -14,14 +13,14 @@ def compile_segmentor(segmentor: EncoderDecoder, freezing: bool = True,
                       dynamic=None) -> Dict[Tuple[int, ...], float]:
     """Run ``segmentor``'s ``encode_decode`` through ``torch.compile`` from now on (in
     place; docs/deployment.md); Mask2Former's pixel decoder, which dynamo fails to trace,
-    eagerly. Frozen weights (``freezing``, under ``torch.no_grad()``) must not change.
+    eagerly (EoMT has none: it compiles whole). Frozen weights (``freezing``, under ``torch.no_grad()``) must not change.
     Returns input shape -> seconds of its first forward pass (compilation included).
     """
     if not isinstance(segmentor, EncoderDecoder):
         raise TypeError(f'--compile takes an EncoderDecoder, got {type(segmentor).__name__}')
-    head = segmentor.decode_head
-    if isinstance(head, Mask2FormerHead):
-        head.pixel_decoder.forward = torch.compiler.disable(head.pixel_decoder.forward)
+    pixel_decoder = getattr(segmentor.decode_head, 'pixel_decoder', None)
+    if pixel_decoder is not None:
+        pixel_decoder.forward = torch.compiler.disable(pixel_decoder.forward)
     graph = SegmentorGraph(segmentor, mean=None, std=None, model_sees_rgb=True)
     compiled = torch.compile(graph, dynamic=dynamic, options={'freezing': freezing})
     first_forward_s: Dict[Tuple[int, ...], float] = {}

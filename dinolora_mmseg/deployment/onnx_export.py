@@ -9,7 +9,6 @@ from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from mmseg.models.decode_heads import Mask2FormerHead
 from mmseg.models.utils import Upsample
 
 from ..datasets.data_checks import read_image_file
@@ -32,8 +31,9 @@ def onnxruntime_session(path: str, threads: Optional[int] = None, arena: bool = 
 
 
 def check_exportable(graph: SegmentorGraph) -> None:
-    """Refuse a Mask2Former head, which ``torch.export`` cannot trace (ValueError)."""
-    if isinstance(graph.segmentor.decode_head, Mask2FormerHead):
+    """Refuse a Mask2Former head with its pixel decoder, which ``torch.export`` cannot
+    trace (ValueError); EoMT's head, without one, exports."""
+    if getattr(graph.segmentor.decode_head, 'pixel_decoder', None) is not None:
         raise ValueError(
             'ONNX export of Mask2Former is not supported: mmdet\'s pixel decoder '
             '(MSDeformAttnPixelDecoder) reads the sizes of its levels with '

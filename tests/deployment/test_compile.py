@@ -1,5 +1,5 @@
 """compile_segmentor: torch.compile with frozen weights computes what the eager model does,
-for the linear heads and Mask2Former (with a spatial prior)."""
+for the linear heads, Mask2Former (with a spatial prior) and EoMT."""
 import os.path as osp
 
 import pytest
@@ -13,16 +13,20 @@ from tests.helpers import ROOT, TINY
 
 
 MASK2FORMER = 'dinov2_lora_mask2former_prior_voc_demo.py'
+EOMT = 'dinov2_lora_eomt_voc_demo.py'
 
 
 @pytest.mark.parametrize('config', ['dinov2_lora_voc_demo.py', 'dinov3_lora_voc_demo.py',
-                                    MASK2FORMER])
+                                    MASK2FORMER, EOMT])
 def test_compiled_inference_equals_eager(config):
     cfg = Config.fromfile(osp.join(ROOT, 'configs/demo', config))
     cfg.model.backbone.update(arch=dict(TINY), pretrained=None)
     if config == MASK2FORMER:  # the demo's tiny head on 4 outputs of the tiny ViT
         cfg.model.backbone.out_indices = (0, 1, 2, 2)
         cfg.model.neck.in_channels = TINY['embed_dims']
+    elif config == EOMT:  # 4 queries in the last 2 of the tiny ViT's 3 blocks
+        cfg.model.update(num_blocks=2, mask_annealing=None)  # inference has no masks
+        cfg.model.decode_head.update(embed_dims=TINY['embed_dims'], num_queries=4)
     else:
         cfg.model.decode_head.in_channels = TINY['embed_dims']
     init_default_scope('mmseg')
