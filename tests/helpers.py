@@ -227,6 +227,15 @@ def run_tool(*args, env=None, timeout=600) -> str:
     return result.stdout
 
 
+def one_and_two_process_metrics(config, checkpoint, root) -> Tuple[Dict[str, float], ...]:
+    """The test metrics of ``tools/test.py`` and of a 2-process ``tools/dist_test.sh`` on
+    ``checkpoint`` (work dirs ``root/test1`` and ``root/test2``)."""
+    single = run_tool(PYTHON, 'tools/test.py', config, checkpoint, '--work-dir', root / 'test1')
+    double = run_tool('bash', 'tools/dist_test.sh', config, checkpoint, 2, '--work-dir',
+                      root / 'test2', env=dict(PYTHON=PYTHON, PORT=str(free_port())))
+    return logged_metrics(single, 'test'), logged_metrics(double, 'test')
+
+
 def logged_metrics(output: str, mode: str) -> Dict[str, float]:
     """The last ``Iter(val|test)`` metrics line of an MMEngine log as numbers."""
     lines = [line for line in output.splitlines() if f'Iter({mode})' in line and 'mIoU' in line]

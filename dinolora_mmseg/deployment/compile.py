@@ -13,8 +13,9 @@ def compile_segmentor(segmentor: EncoderDecoder, freezing: bool = True,
                       dynamic=None) -> Dict[Tuple[int, ...], float]:
     """Run ``segmentor``'s ``encode_decode`` through ``torch.compile`` from now on (in
     place; docs/deployment.md); Mask2Former's pixel decoder, which dynamo fails to trace,
-    eagerly (EoMT has none: it compiles whole). Frozen weights (``freezing``, under ``torch.no_grad()``) must not change.
-    Returns input shape -> seconds of its first forward pass (compilation included).
+    eagerly (EoMT has none: it compiles whole). Frozen weights (``freezing``, under
+    ``torch.no_grad()``) must not change. Returns input shape -> seconds of its first
+    forward pass (compilation included).
     """
     if not isinstance(segmentor, EncoderDecoder):
         raise TypeError(f'--compile takes an EncoderDecoder, got {type(segmentor).__name__}')

@@ -9,8 +9,8 @@ import pytest
 import torch
 from mmseg.datasets import PascalVOCDataset
 
-from tests.helpers import (PYTHON, ROOT, free_port, logged_metrics, official_dinov3_state_dict,
-                           run_tool, write_run_config)
+from tests.helpers import (PYTHON, ROOT, logged_metrics, official_dinov3_state_dict,
+                           one_and_two_process_metrics, run_tool, write_run_config)
 
 # A 2-block DINOv3 with 4 storage tokens and RoPE, from an official-layout file.
 TINY_ARCH = 'dict(_delete_=True, embed_dims=96, num_layers=2, num_heads=2)'
@@ -50,12 +50,7 @@ def test_demo_config_trains_and_tests_alike(trained):
         for t in 'qv'}
     assert sum(v.numel() for v in state.values()) == 2 * 2 * 2 * 3 * 96 + 96 * 21 + 21
     val = logged_metrics(trained['train'], 'val')
-    single = logged_metrics(run_tool(PYTHON, 'tools/test.py', config, checkpoint,
-                                     '--work-dir', root / 'test1'), 'test')
-    double = logged_metrics(
-        run_tool('bash', 'tools/dist_test.sh', config, checkpoint, 2,
-                 '--work-dir', root / 'test2',
-                 env=dict(PYTHON=PYTHON, PORT=str(free_port()))), 'test')
+    single, double = one_and_two_process_metrics(config, checkpoint, root)
     assert single == double == val
     assert val['mIoU'] > 0
 

@@ -7,8 +7,8 @@ import os.path as osp
 import pytest
 import torch
 
-from tests.helpers import (PYTHON, ROOT, free_port, logged_metrics, official_state_dict,
-                           run_tool, write_run_config)
+from tests.helpers import (PYTHON, ROOT, logged_metrics, official_state_dict,
+                           one_and_two_process_metrics, run_tool, write_run_config)
 from tests.tools.test_train_test_e2e import majority_class_miou
 
 ITERS = 60
@@ -46,12 +46,7 @@ def test_demo_config_learns(trained):
 def test_test_dist_test_compile_and_onnx_agree(trained):
     root, config, checkpoint = trained['root'], trained['config'], trained['checkpoint']
     val = logged_metrics(trained['train'], 'val')
-    single = logged_metrics(run_tool(PYTHON, 'tools/test.py', config, checkpoint,
-                                     '--work-dir', root / 'test1'), 'test')
-    double = logged_metrics(
-        run_tool('bash', 'tools/dist_test.sh', config, checkpoint, 2,
-                 '--work-dir', root / 'test2',
-                 env=dict(PYTHON=PYTHON, PORT=str(free_port()))), 'test')
+    single, double = one_and_two_process_metrics(config, checkpoint, root)
     assert single == double == val
     compiled = run_tool(PYTHON, 'tools/test.py', config, checkpoint, '--work-dir',
                         root / 'compiled', '--compile')

@@ -9,8 +9,8 @@ import re
 import pytest
 import torch
 
-from tests.helpers import (PYTHON, ROOT, free_port, load_tool, logged_metrics,
-                           official_state_dict, run_tool, write_run_config)
+from tests.helpers import (PYTHON, ROOT, load_tool, logged_metrics, official_state_dict,
+                           one_and_two_process_metrics, run_tool, write_run_config)
 from tests.tools.test_train_test_e2e import majority_class_miou
 
 # 4 blocks of a 128-wide ViT with 4 registers, one ViTFPN input each, from an
@@ -99,12 +99,7 @@ def test_test_and_dist_test_agree(name, request):
     trained = request.getfixturevalue(name)
     root, config, checkpoint = trained['root'], trained['config'], trained['checkpoint']
     val = logged_metrics(trained['train'], 'val')
-    single = logged_metrics(run_tool(PYTHON, 'tools/test.py', config, checkpoint,
-                                     '--work-dir', root / 'test1'), 'test')
-    double = logged_metrics(
-        run_tool('bash', 'tools/dist_test.sh', config, checkpoint, 2,
-                 '--work-dir', root / 'test2',
-                 env=dict(PYTHON=PYTHON, PORT=str(free_port()))), 'test')
+    single, double = one_and_two_process_metrics(config, checkpoint, root)
     assert single == double == val
 
 
