@@ -1,7 +1,8 @@
 """The EoMT demo config on demo data, on the CPU, with a tiny ViT: it learns with its masks
 annealed away before the end, tools/test.py and a 2-process dist_test.sh agree with its
 validation, and so do tools/test.py --compile and the ONNX export (LoRA folded) evaluated
-by deploy_test.py."""
+by deploy_test.py; onnx_infer.py (without PyTorch) paints the overlays of infer.py (MMSeg's
+inferencer)."""
 import os.path as osp
 
 import pytest
@@ -9,6 +10,8 @@ import torch
 
 from tests.helpers import (PYTHON, ROOT, logged_metrics, official_state_dict,
                            one_and_two_process_metrics, run_tool, write_run_config)
+from tests.tools.deployment.test_deployment_e2e import (WITHOUT_TORCH, mostly_equal,
+                                                        read_overlays)
 from tests.tools.test_train_test_e2e import majority_class_miou
 
 ITERS = 60
@@ -31,8 +34,10 @@ def trained(tmp_path_factory):
                               osp.join(ROOT, 'configs/demo/dinov2_lora_eomt_voc_demo.py'), voc,
                               MODEL.format(weights), iters=ITERS, batch_size=8)
     train = run_tool(PYTHON, 'tools/train.py', config, '--work-dir', root / 'work')
+    names = (voc / 'ImageSets/Segmentation/val.txt').read_text().split()
     return dict(root=root, voc=voc, config=config, train=train,
-                checkpoint=root / 'work' / f'iter_{ITERS}.pth')
+                checkpoint=root / 'work' / f'iter_{ITERS}.pth',
+                images=[voc / 'JPEGImages' / f'{name}.jpg' for name in names[:2]])
 
 
 def test_demo_config_learns(trained):
@@ -43,7 +48,7 @@ def test_demo_config_learns(trained):
     assert miou > 2 * baseline, (miou, baseline)
 
 
-def test_test_dist_test_compile_and_onnx_agree(trained):
+def test_test_dist_test_compile_onnx_and_overlays_agree(trained):
     root, config, checkpoint = trained['root'], trained['config'], trained['checkpoint']
     val = logged_metrics(trained['train'], 'val')
     single, double = one_and_two_process_metrics(config, checkpoint, root)
@@ -59,3 +64,10 @@ def test_test_dist_test_compile_and_onnx_agree(trained):
     onnx = run_tool(PYTHON, 'tools/deployment/deploy_test.py', config, model, '--work-dir',
                     root / 'onnx')
     assert logged_metrics(onnx, 'test') == pytest.approx(val, abs=0.01)
+    images = trained['images']
+    run_tool(PYTHON, 'tools/misc/infer.py', *images, '--config', config, '--checkpoint',
+             checkpoint, '--out', root / 'eager', '--device', 'cpu')
+    run_tool(PYTHON, '-c', WITHOUT_TORCH, 'tools/deployment/onnx_infer.py', *images,
+             '--model', model, '--out', root / 'onnx_overlays')
+    mostly_equal(read_overlays(root / 'onnx_overlays', images),
+                 read_overlays(root / 'eager', images))
