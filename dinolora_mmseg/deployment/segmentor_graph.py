@@ -20,8 +20,8 @@ from ..utils.checkpoint_file import is_trusted
 def class_scores(head: Union[BaseDecodeHead, Mask2FormerHead], feats: Sequence[torch.Tensor],
                  size: Sequence[int]) -> torch.Tensor:
     """The class scores ``(B, num_classes, *size)`` of a decode head on ``feats`` (what
-    ``extract_feat`` gives), as its ``predict`` computes them (Mask2Former: the semantic
-    combination of the last decoder layer's class and mask probabilities)."""
+    ``extract_feat`` gives), as its ``predict`` computes them (Mask2Former and EoMT: the
+    semantic combination of the last prediction's class and mask probabilities)."""
     if isinstance(head, Mask2FormerHead):
         cls_scores, mask_logits = head(feats, [])  # its forward reads no data sample
         masks = F.interpolate(mask_logits[-1], size=size, mode='bilinear',
